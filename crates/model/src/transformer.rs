@@ -1,0 +1,546 @@
+//! The decoder forward pass shared by Llama, Qwen2 and Gemma 3.
+//!
+//! One call processes a batch of tokens with explicit positions (a prompt chunk, one
+//! decode step, or later a token tree) against a sequence's KV cache, and returns the
+//! logits of the rows the caller asks for. The architectures differ only where
+//! [`ModelConfig`] says so; each difference is one `if` with its reason beside it.
+//!
+//! Two implementations of the linear layers sit behind [`Kernels`]: the reference
+//! (dequantise each weight row to f32, plain dot products, one thread) and the fast
+//! path (activations quantised to the weight's dot-product format as ggml does, SIMD
+//! integer dot products from `quant`, rows split over a thread pool). Tests hold them
+//! to each other.
+
+use crate::config::{Activation, ModelConfig};
+use crate::kv_cache::KvCache;
+use crate::ops;
+use crate::threadpool::ThreadPool;
+use crate::weights::{Matrix, ModelWeights};
+use crate::{ModelError, Result};
+use quant::GgmlType;
+
+/// Which implementation runs the linear layers and attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// Dequantise weights to f32; single-threaded; the readable reference.
+    Reference,
+    /// Quantised activations and SIMD block dot products on the thread pool.
+    Fast,
+}
+
+/// Which rows of the batch need logits.
+#[derive(Clone, Copy, Debug)]
+pub enum LogitsFor<'a> {
+    /// Only the last token (generation).
+    Last,
+    /// Every token (perplexity, speculative verification).
+    All,
+    /// These batch rows.
+    Rows(&'a [usize]),
+}
+
+/// A batch of tokens for one sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    /// RoPE position of each token.
+    pub positions: &'a [usize],
+    /// Optional visibility mask `[n_tokens, n_slots]` over the cache *after* this batch
+    /// is appended (`true` = may attend). `None` means causal: token `i` sees every
+    /// earlier slot and the batch's tokens up to itself.
+    pub mask: Option<&'a [bool]>,
+    pub logits: LogitsFor<'a>,
+}
+
+impl<'a> Batch<'a> {
+    /// A plain causal batch; logits of the last token only.
+    pub fn causal(tokens: &'a [u32], positions: &'a [usize]) -> Batch<'a> {
+        Batch {
+            tokens,
+            positions,
+            mask: None,
+            logits: LogitsFor::Last,
+        }
+    }
+}
+
+/// Attention weights of one layer, handed to an [`AttentionObserver`].
+pub struct AttentionWeights<'a> {
+    pub layer: usize,
+    pub n_tokens: usize,
+    pub n_head: usize,
+    /// Slots in the cache (after this batch was appended).
+    pub n_slots: usize,
+    /// Softmax weights `[n_tokens, n_head, n_slots]`; masked slots hold 0.
+    pub weights: &'a [f32],
+}
+
+impl AttentionWeights<'_> {
+    /// Weights of query `token`, head `head` over all slots.
+    pub fn row(&self, token: usize, head: usize) -> &[f32] {
+        let start = (token * self.n_head + head) * self.n_slots;
+        &self.weights[start..start + self.n_slots]
+    }
+}
+
+/// Receives per-layer, per-head attention weights (for KV eviction policies and
+/// telemetry). The weights are only materialised when an observer is passed.
+pub trait AttentionObserver {
+    /// Whether this layer's weights are wanted (skipping saves the materialisation).
+    fn wants_layer(&self, _layer: usize) -> bool {
+        true
+    }
+    fn observe(&mut self, weights: &AttentionWeights<'_>);
+}
+
+/// Reusable buffers of the forward pass, so a decode step allocates nothing.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    scores: Vec<f32>,
+    acts: Vec<u8>,
+    angles: Vec<(f32, f32)>,
+    angles_local: Vec<(f32, f32)>,
+    out_rows: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+/// A sequence's state: its KV cache and the forward pass's scratch buffers.
+pub struct SequenceState {
+    pub cache: KvCache,
+    scratch: Scratch,
+}
+
+impl SequenceState {
+    pub fn new(config: &ModelConfig, capacity: usize) -> SequenceState {
+        SequenceState {
+            cache: KvCache::new(config, capacity),
+            scratch: Scratch::default(),
+        }
+    }
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: ModelWeights,
+    pub kernels: Kernels,
+    pool: ThreadPool,
+}
+
+/// A mutable slice shared by the tasks of one parallel region, each writing a
+/// disjoint set of indices.
+#[derive(Clone, Copy)]
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+// SAFETY: tasks write disjoint indices (asserted by construction at each use) and the
+// region ends before the owning slice is used again.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(s: &mut [f32]) -> SharedOut {
+        SharedOut {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+        }
+    }
+    /// # Safety
+    /// No other task may access `start..start + n` during the region.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, n: usize) -> &mut [f32] {
+        assert!(start + n <= self.len);
+        std::slice::from_raw_parts_mut(self.ptr.add(start), n)
+    }
+}
+
+impl Model {
+    pub fn new(config: ModelConfig, weights: ModelWeights, n_threads: usize) -> Model {
+        Model {
+            config,
+            weights,
+            kernels: Kernels::Fast,
+            pool: ThreadPool::new(n_threads),
+        }
+    }
+
+    pub fn n_threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    pub fn new_state(&self, capacity: usize) -> SequenceState {
+        SequenceState::new(&self.config, capacity)
+    }
+
+    /// Runs the batch, appends its keys and values to the cache, and returns the
+    /// logits `[n_requested, vocab]` of the requested rows, in the order requested.
+    pub fn forward<'s>(
+        &self,
+        state: &'s mut SequenceState,
+        batch: &Batch<'_>,
+        mut observer: Option<&mut dyn AttentionObserver>,
+    ) -> Result<&'s [f32]> {
+        let c = &self.config;
+        let n = batch.tokens.len();
+        self.validate(state, batch)?;
+        let SequenceState { cache, scratch: s } = state;
+        let (e, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+
+        // Embeddings. x: [n, e]
+        s.x.resize(n * e, 0.0);
+        for (i, &t) in batch.tokens.iter().enumerate() {
+            let row = &mut s.x[i * e..(i + 1) * e];
+            self.weights.token_embd.dequantize_row(t as usize, row)?;
+            if let Some(scale) = c.embed_scale {
+                // Gemma scales embeddings by sqrt(n_embd) (in the model's dtype).
+                row.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+
+        let first_slot = cache.len();
+        cache.begin_append(batch.positions);
+        let n_slots = cache.len();
+
+        for (il, lw) in self.weights.layers.iter().enumerate() {
+            // --- attention block ---
+            // xn = rms_norm(x) * attn_norm
+            s.xn.resize(n * e, 0.0);
+            for i in 0..n {
+                ops::rms_norm(&s.x[i * e..(i + 1) * e], &lw.attn_norm, c.rms_eps, &mut s.xn[i * e..(i + 1) * e]);
+            }
+            // q: [n, n_head, hd], k/v: [n, n_head_kv, hd]
+            s.q.resize(n * qd, 0.0);
+            s.k.resize(n * kvd, 0.0);
+            s.v.resize(n * kvd, 0.0);
+            self.linear_many(&s.xn, n, &mut s.acts, &mut [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)]);
+            if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
+                add_bias(&mut s.q, bq);
+                add_bias(&mut s.k, bk);
+                add_bias(&mut s.v, bv);
+            }
+            if let (Some(qn), Some(kn)) = (&lw.q_norm, &lw.k_norm) {
+                // Gemma 3 normalises each head of q and k before RoPE.
+                ops::rms_norm_rows_in_place(&mut s.q, qn, c.rms_eps);
+                ops::rms_norm_rows_in_place(&mut s.k, kn, c.rms_eps);
+            }
+            let local = c.is_local_layer(il);
+            let base = if local { c.rope_base_local } else { c.rope_base };
+            for i in 0..n {
+                let angles = if local { &mut s.angles_local } else { &mut s.angles };
+                angles.resize(c.head_dim / 2, (0.0, 0.0));
+                ops::rope_angles(batch.positions[i], base, c.head_dim, angles);
+                ops::apply_rope(&mut s.q[i * qd..(i + 1) * qd], c.head_dim, angles, c.rope_style);
+                ops::apply_rope(&mut s.k[i * kvd..(i + 1) * kvd], c.head_dim, angles, c.rope_style);
+            }
+            cache.write(il, first_slot, &s.k, &s.v);
+
+            let want_weights = observer.as_ref().is_some_and(|o| o.wants_layer(il));
+            s.attn.resize(n * qd, 0.0);
+            self.attention(cache, il, batch, first_slot, n_slots, want_weights, s);
+            if want_weights {
+                if let Some(obs) = observer.as_deref_mut() {
+                    obs.observe(&AttentionWeights {
+                        layer: il,
+                        n_tokens: n,
+                        n_head: c.n_head,
+                        n_slots,
+                        weights: &s.scores[..n * c.n_head * n_slots],
+                    });
+                }
+            }
+            s.proj.resize(n * e, 0.0);
+            self.linear_many(&s.attn, n, &mut s.acts, &mut [(&lw.wo, &mut s.proj)]);
+            if let Some(w) = &lw.post_attn_norm {
+                ops::rms_norm_rows_in_place(&mut s.proj, w, c.rms_eps);
+            }
+            add_in_place(&mut s.x, &s.proj);
+
+            // --- feed-forward block ---
+            for i in 0..n {
+                ops::rms_norm(&s.x[i * e..(i + 1) * e], &lw.ffn_norm, c.rms_eps, &mut s.xn[i * e..(i + 1) * e]);
+            }
+            s.gate.resize(n * ff, 0.0);
+            s.up.resize(n * ff, 0.0);
+            self.linear_many(&s.xn, n, &mut s.acts, &mut [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)]);
+            ops::gated_activation(&mut s.gate, &s.up, c.activation);
+            self.linear_many(&s.gate, n, &mut s.acts, &mut [(&lw.w_down, &mut s.proj)]);
+            if let Some(w) = &lw.post_ffn_norm {
+                ops::rms_norm_rows_in_place(&mut s.proj, w, c.rms_eps);
+            }
+            add_in_place(&mut s.x, &s.proj);
+        }
+
+        // --- output: only the requested rows ---
+        s.out_rows.clear();
+        match batch.logits {
+            LogitsFor::Last => s.out_rows.push(n - 1),
+            LogitsFor::All => s.out_rows.extend(0..n),
+            LogitsFor::Rows(rows) => s.out_rows.extend_from_slice(rows),
+        }
+        let m = s.out_rows.len();
+        s.xn.resize(m * e, 0.0);
+        for (j, &i) in s.out_rows.iter().enumerate() {
+            ops::rms_norm(&s.x[i * e..(i + 1) * e], &self.weights.output_norm, c.rms_eps, &mut s.xn[j * e..(j + 1) * e]);
+        }
+        s.logits.resize(m * c.vocab_size, 0.0);
+        self.linear_many(&s.xn[..m * e], m, &mut s.acts, &mut [(&self.weights.output, &mut s.logits)]);
+        if let Some(cap) = c.final_logit_softcap {
+            s.logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+        }
+        Ok(&s.logits)
+    }
+
+    fn validate(&self, state: &SequenceState, batch: &Batch<'_>) -> Result<()> {
+        let n = batch.tokens.len();
+        if n == 0 {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        if batch.positions.len() != n {
+            return Err(ModelError::Input(format!("{n} tokens but {} positions", batch.positions.len())));
+        }
+        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(ModelError::Input(format!(
+                "token id {t} is outside the vocabulary ({} tokens)",
+                self.config.vocab_size
+            )));
+        }
+        let after = state.cache.len() + n;
+        if after > state.cache.capacity() {
+            return Err(ModelError::ContextFull {
+                needed: after,
+                capacity: state.cache.capacity(),
+            });
+        }
+        if let Some(mask) = batch.mask {
+            if mask.len() != n * after {
+                return Err(ModelError::Input(format!(
+                    "mask has {} entries, expected {n} x {after}",
+                    mask.len()
+                )));
+            }
+        }
+        match batch.logits {
+            LogitsFor::Rows(rows) if rows.iter().any(|&r| r >= n) => {
+                Err(ModelError::Input("logits requested for a row outside the batch".into()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `out_j = W_j · x` for several matrices that read the same input, in one
+    /// parallel region (q/k/v; gate/up).
+    // x: [n, cols] -> out_j: [n, rows_j]
+    fn linear_many(&self, x: &[f32], n: usize, acts: &mut Vec<u8>, jobs: &mut [(&Matrix, &mut Vec<f32>)]) {
+        match self.kernels {
+            Kernels::Reference => {
+                for (w, out) in jobs.iter_mut() {
+                    reference_matmul(w, &x[..n * w.cols], n, out);
+                }
+            }
+            Kernels::Fast => self.fast_matmuls(x, n, acts, jobs),
+        }
+    }
+
+    fn fast_matmuls(&self, x: &[f32], n: usize, acts: &mut Vec<u8>, jobs: &mut [(&Matrix, &mut Vec<f32>)]) {
+        // Quantise the input once per activation format the matrices need (usually one).
+        let cols = jobs[0].0.cols;
+        let mut formats: Vec<(GgmlType, usize, usize)> = Vec::with_capacity(2); // (type, offset, row_bytes)
+        acts.clear();
+        for (w, _) in jobs.iter() {
+            debug_assert_eq!(w.cols, cols);
+            let ty = w.ty.vec_dot_type();
+            if formats.iter().any(|f| f.0 == ty) {
+                continue;
+            }
+            let row_bytes = ty.row_bytes(cols).expect("validated at load time");
+            let offset = acts.len();
+            acts.resize(offset + n * row_bytes, 0);
+            for i in 0..n {
+                quant::quantize_row(ty, &x[i * cols..(i + 1) * cols], &mut acts[offset + i * row_bytes..offset + (i + 1) * row_bytes])
+                    .expect("row sizes match by construction");
+            }
+            formats.push((ty, offset, row_bytes));
+        }
+        let acts: &[u8] = acts;
+
+        // Split every matrix into chunks of rows; one task per chunk.
+        let total_rows: usize = jobs.iter().map(|(w, _)| w.rows).sum();
+        let n_threads = self.pool.n_threads();
+        let chunk = (total_rows / (n_threads * 16)).clamp(4, 64);
+        let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(total_rows / chunk + jobs.len()); // (job, row0, row1)
+        for (j, (w, _)) in jobs.iter().enumerate() {
+            let mut r = 0;
+            while r < w.rows {
+                let r1 = (r + chunk).min(w.rows);
+                tasks.push((j, r, r1));
+                r = r1;
+            }
+        }
+        let outs: Vec<SharedOut> = jobs.iter_mut().map(|(_, o)| SharedOut::new(o)).collect();
+        let mats: Vec<&Matrix> = jobs.iter().map(|(w, _)| *w).collect();
+        let formats = &formats;
+        let run = |t: usize| {
+            let (j, r0, r1) = tasks[t];
+            let w = mats[j];
+            let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == w.ty.vec_dot_type()).expect("quantised above");
+            let out = outs[j];
+            if n == 1 {
+                // SAFETY: rows r0..r1 of this job belong to this task alone.
+                let o = unsafe { out.slice(r0, r1 - r0) };
+                let a = &acts[offset..offset + row_bytes];
+                for (r, o) in (r0..r1).zip(o.iter_mut()) {
+                    *o = quant::vec_dot(w.ty, w.cols, w.row(r), a);
+                }
+            } else {
+                const TILE: usize = 16;
+                let mut tile_out = [0f32; TILE];
+                let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
+                let mut i0 = 0;
+                while i0 < n {
+                    let m = (n - i0).min(TILE);
+                    for (k, a) in a_rows.iter_mut().enumerate().take(m) {
+                        let i = i0 + k;
+                        *a = &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
+                    }
+                    for r in r0..r1 {
+                        quant::vec_dot_multi(w.ty, w.cols, w.row(r), &a_rows[..m], &mut tile_out[..m]);
+                        for (k, &v) in tile_out[..m].iter().enumerate() {
+                            // SAFETY: element (i0 + k, r) belongs to this task alone.
+                            unsafe { out.slice((i0 + k) * w.rows + r, 1)[0] = v };
+                        }
+                    }
+                    i0 += m;
+                }
+            }
+        };
+        self.pool.run(tasks.len(), &run);
+    }
+
+    /// Scaled dot-product attention of the batch's queries over the cache.
+    /// With `keep_weights`, the softmax weights of every (token, head) are left in
+    /// `s.scores` as `[n, n_head, n_slots]`.
+    // s.q: [n, n_head, hd] -> s.attn: [n, n_head, hd]
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        batch: &Batch<'_>,
+        first_slot: usize,
+        n_slots: usize,
+        keep_weights: bool,
+        s: &mut Scratch,
+    ) {
+        let c = &self.config;
+        let n = batch.tokens.len();
+        let hd = c.head_dim;
+        let group = c.n_head / c.n_head_kv;
+        let kvd = c.kv_dim();
+        let keys = cache.keys(layer);
+        let values = cache.values(layer);
+        let positions = cache.positions();
+        let window = if c.is_local_layer(layer) { c.sliding_window } else { None };
+        let n_items = n * c.n_head;
+        let n_threads = match self.kernels {
+            Kernels::Reference => 1,
+            Kernels::Fast => self.pool.n_threads(),
+        };
+        // One scores row per item when the weights are kept, else one per task.
+        let n_tasks = if n_items == 1 { 1 } else { (n_threads * 4).min(n_items) };
+        let rows = if keep_weights { n_items } else { n_tasks };
+        s.scores.resize(rows * n_slots, 0.0);
+        let scores = SharedOut::new(&mut s.scores);
+        let attn = SharedOut::new(&mut s.attn);
+        let q = &s.q;
+        let visible = |i: usize, j: usize| -> bool {
+            let causal = match batch.mask {
+                Some(mask) => mask[i * n_slots + j],
+                None => j <= first_slot + i,
+            };
+            causal
+                && match window {
+                    // Sliding window: a key further back than the window is invisible.
+                    Some(w) => batch.positions[i].saturating_sub(positions[j]) < w,
+                    None => true,
+                }
+        };
+        let run = |task: usize| {
+            let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
+            for item in items {
+                let (i, h) = (item / c.n_head, item % c.n_head);
+                let g = h / group;
+                // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
+                let mut qh = [0f32; 512];
+                let qh = &mut qh[..hd];
+                for (d, &v) in qh.iter_mut().zip(&q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd]) {
+                    *d = half::f16::from_f32(v).to_f32();
+                }
+                let row = if keep_weights { item } else { task };
+                // SAFETY: scores row `row` and attn segment of `item` belong to this task.
+                let sc = unsafe { scores.slice(row * n_slots, n_slots) };
+                for (j, sj) in sc.iter_mut().enumerate() {
+                    *sj = if visible(i, j) {
+                        ops::dot_f32(qh, &keys[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * c.attn_scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+                ops::softmax_in_place(sc);
+                let out = unsafe { attn.slice((i * c.n_head + h) * hd, hd) };
+                out.fill(0.0);
+                for (j, &p) in sc.iter().enumerate() {
+                    if p != 0.0 {
+                        ops::axpy(p, &values[j * kvd + g * hd..j * kvd + (g + 1) * hd], out);
+                    }
+                }
+            }
+        };
+        match self.kernels {
+            Kernels::Reference => (0..n_tasks).for_each(run),
+            Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+    }
+}
+
+/// Reference linear layer: each weight row dequantised to f32, then f32 dot products.
+// w: [rows, cols], x: [n, cols] -> out: [n, rows]
+pub fn reference_matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
+    let mut row = vec![0f32; w.cols];
+    for r in 0..w.rows {
+        w.dequantize_row(r, &mut row).expect("validated at load time");
+        for i in 0..n {
+            out[i * w.rows + r] = ops::dot_f32(&row, &x[i * w.cols..(i + 1) * w.cols]);
+        }
+    }
+}
+
+// x: [n, d] += bias: [d]
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+impl Activation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_tanh",
+        }
+    }
+}
