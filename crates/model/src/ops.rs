@@ -109,31 +109,16 @@ pub fn softmax_in_place(x: &mut [f32]) {
     }
 }
 
-/// Plain f32 dot product; written so the compiler vectorises it (8 independent sums).
+/// f32 dot product (SIMD when available; see `quant::dot_f32`).
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let chunks = n / 8;
-    for c in 0..chunks {
-        for l in 0..8 {
-            acc[l] = a[c * 8 + l].mul_add(b[c * 8 + l], acc[l]);
-        }
-    }
-    let mut s = 0f32;
-    for i in chunks * 8..n {
-        s = a[i].mul_add(b[i], s);
-    }
-    acc.iter().sum::<f32>() + s
+    quant::dot_f32(a, b)
 }
 
 /// `y += a * x`.
 #[inline]
 pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (yv, &xv) in y.iter_mut().zip(x) {
-        *yv = a.mul_add(xv, *yv);
-    }
+    quant::axpy_f32(a, x, y)
 }
 
 #[cfg(test)]

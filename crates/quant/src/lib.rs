@@ -13,11 +13,13 @@
 //! additions across blocks differs between implementations.
 
 pub mod blocks;
+mod f32ops;
 pub mod reference;
 mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+pub use f32ops::{axpy_f32, dot_f32, dot_f32_reference};
 pub use types::{GgmlType, QK, QK_K};
 
 use std::sync::OnceLock;
@@ -168,6 +170,17 @@ fn level() -> Level {
         }
         Level::Scalar
     })
+}
+
+/// Whether the AVX2/FMA kernels are in use (cached; honours `QUANT_FORCE_SCALAR`).
+#[inline]
+pub(crate) fn avx2_fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level() == Level::Avx2
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Name of the kernel family [`vec_dot`] dispatches to ("avx2" or "scalar").

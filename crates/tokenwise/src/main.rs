@@ -1,1 +1,48 @@
-fn main() {}
+//! `tokenwise`: run, inspect and measure LLMs token by token.
+//!
+//! Each subcommand lives in `cmd/<name>.rs` with its own clap `Args` and `run`.
+
+mod cmd;
+mod models;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tokenwise", version, about = "LLM inference that measures every token")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming tokens (optionally with per-token entropy).
+    Generate(cmd::generate::Args),
+    /// Interactive chat using the model's chat template.
+    Chat(cmd::chat::Args),
+    /// Perplexity of a text file (llama.cpp's method) and bits per byte.
+    Perplexity(cmd::perplexity::Args),
+    /// Show a model file's metadata, tensor types and sizes.
+    Inspect(cmd::inspect::Args),
+    /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
+    Bench(cmd::bench::Args),
+    /// List the model aliases and where they are cached.
+    Models,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Chat(a) => cmd::chat::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Models => models::list(),
+    };
+    if let Err(e) = result {
+        // One line, no backtrace: the error chain joined with ": ".
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

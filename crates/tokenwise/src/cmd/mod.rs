@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod chat;
+pub mod generate;
+pub mod inspect;
+pub mod perplexity;
