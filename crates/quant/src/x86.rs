@@ -83,6 +83,25 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(s)
 }
 
+/// How far ahead of the current weight block the kernels prefetch. Rows stream from
+/// DRAM once per token; without software prefetch the loads are latency-bound
+/// (measured: 11.2 vs 4.4 ns per Q4_1 block, streaming vs cache-resident; with
+/// this distance streaming runs at 4.5 ns).
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Prefetches the cache lines of `len` bytes starting `PREFETCH_AHEAD` bytes after
+/// `p`. Prefetches never fault, so running past the end of the row is harmless; the
+/// address is formed with `wrapping_add` so no out-of-bounds pointer is created.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn prefetch_ahead(p: *const u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + off).cast());
+        off += 64;
+    }
+}
+
 /// The 32 nibbles of a legacy block's 16 `qs` bytes, in element order:
 /// low nibbles in bytes 0..16, high nibbles in bytes 16..32.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -132,6 +151,7 @@ macro_rules! signed_legacy_kernel {
             let mut acc = [_mm256_setzero_ps(); NC];
             for i in 0..nb {
                 let $wb = w.add(i * $wbytes);
+                prefetch_ahead($wb, $wbytes);
                 let (dw, qx): (f32, __m256i) = $decode;
                 // |q_w| and sign transfer, so maddubs (u8 x i8) can be used.
                 let ax = _mm256_sign_epi8(qx, qx);
@@ -162,6 +182,7 @@ macro_rules! unsigned_legacy_kernel {
             let mut summs = [0.0f32; NC];
             for i in 0..nb {
                 let $wb = w.add(i * $wbytes);
+                prefetch_ahead($wb, $wbytes);
                 let (dw, mw, qx): (f32, f32, __m256i) = $decode;
                 for c in 0..NC {
                     let ab = a[c].add(i * Q8_1_BYTES);
@@ -239,6 +260,7 @@ macro_rules! k4_kernel {
             let mut acc_m = [_mm_setzero_ps(); NC];
             for i in 0..nb {
                 let $wb = w.add(i * $wbytes);
+                prefetch_ahead($wb, $wbytes);
                 let dw = h2f($wb.add($d));
                 let dminw = h2f($wb.add($dmin));
                 let (sc, mn) = k4_scales_mins(std::slice::from_raw_parts($wb.add($scales), 12));
@@ -311,6 +333,7 @@ unsafe fn dot_q6k<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) 
     let mut acc = [_mm256_setzero_ps(); NC];
     for i in 0..nb {
         let wb = w.add(i * Q6K_BYTES);
+        prefetch_ahead(wb, Q6K_BYTES);
         let dw = h2f(wb.add(Q6K_D));
         let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(wb.add(Q6K_SCALES).cast()));
         let mut sumi = [_mm256_setzero_si256(); NC];

@@ -1,0 +1,38 @@
+# tokenwise: the two commands a new machine needs are `make run` and `make test`.
+
+CARGO ?= cargo
+PYTHON ?= python3
+PROMPT ?= The three most important ideas in information theory are
+MODEL ?= smollm2-135m
+
+.PHONY: run test models models-test build lint bench clean
+
+## Fetch the default model (if missing), build, and generate from a demo prompt with
+## per-token entropy shown.
+run: models build
+	./target/release/tokenwise generate --model $(MODEL) --greedy --max-tokens 64 \
+		--show-entropy --color always --prompt "$(PROMPT)"
+
+## Run every test (fetches the test models first; they are cached outside the repo).
+test: models-test
+	$(CARGO) test --workspace --release
+
+models:
+	$(PYTHON) scripts/fetch_models.py $(MODEL)
+
+models-test:
+	$(PYTHON) scripts/fetch_models.py --all-test
+
+build:
+	$(CARGO) build --release -p tokenwise
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Speed benchmark; pass LLAMA_BENCH=/path/to/llama-bench to compare side by side.
+bench: models build
+	./target/release/tokenwise bench --model $(MODEL) $(if $(LLAMA_BENCH),--llama-bench $(LLAMA_BENCH))
+
+clean:
+	$(CARGO) clean
