@@ -143,7 +143,7 @@ unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
 
 /// Kernel for weights with signed quants against Q8_0 activations:
 /// `sum_blocks d_w * d_a * sum(q_w * q_a)`. `$decode` maps the block pointer
-/// to `(d_w, q_w as 32 x i8)`.
+/// to `q_w` as 32 x i8; `d_w` is the block's leading f16.
 macro_rules! signed_legacy_kernel {
     ($name:ident, $wbytes:expr, |$wb:ident| $decode:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
@@ -152,12 +152,17 @@ macro_rules! signed_legacy_kernel {
             for i in 0..nb {
                 let $wb = w.add(i * $wbytes);
                 prefetch_ahead($wb, $wbytes);
-                let (dw, qx): (f32, __m256i) = $decode;
+                let qx: __m256i = $decode;
+                // The f16 scale d_w opens every signed legacy block.
+                let dw16 = _mm_cvtsi32_si128($wb.cast::<u16>().read_unaligned() as i32);
                 // |q_w| and sign transfer, so maddubs (u8 x i8) can be used.
                 let ax = _mm256_sign_epi8(qx, qx);
                 for c in 0..NC {
                     let ab = a[c].add(i * Q8_0_BYTES);
-                    let d = _mm256_set1_ps(dw * h2f(ab));
+                    // [d_w, d_a] widened together, then d_w * d_a broadcast.
+                    let da16 = _mm_cvtsi32_si128(ab.cast::<u16>().read_unaligned() as i32);
+                    let pair = _mm_cvtph_ps(_mm_unpacklo_epi16(dw16, da16));
+                    let d = _mm256_broadcastss_ps(_mm_mul_ss(pair, _mm_movehdup_ps(pair)));
                     let sy = _mm256_sign_epi8(loadu(ab.add(Q8_0_QS)), qx);
                     acc[c] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(ax, sy), acc[c]);
                 }
@@ -171,30 +176,45 @@ macro_rules! signed_legacy_kernel {
     };
 }
 
+/// Two adjacent f16 values at `p` widened to f32 lanes 0 and 1 (lanes 2, 3 are 0).
+/// `vmovd` zeroes the upper lanes, so unlike a one-lane `vcvtph2ps` from a `vpinsrw`
+/// this carries no false dependency on an earlier register.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn h2f_pair(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()))
+}
+
 /// Kernel for weights with unsigned quants and a min against Q8_1
 /// activations: `sum_blocks d_w * d_a * sum(q_w * q_a) + m_w * s_a`.
-/// `$decode` maps the block pointer to `(d_w, m_w, q_w as 32 x u8)`.
+/// `$decode` maps the block pointer to the 32 unsigned quants; the block starts
+/// with `(d_w, m_w)` as two f16, and a Q8_1 block with `(d_a, s_a)`, so one
+/// vector multiply yields both `d_w * d_a` and `m_w * s_a`.
 macro_rules! unsigned_legacy_kernel {
     ($name:ident, $wbytes:expr, |$wb:ident| $decode:expr) => {
         #[target_feature(enable = "avx2,fma,f16c")]
         unsafe fn $name<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [f32; NC] {
             let mut acc = [_mm256_setzero_ps(); NC];
-            let mut summs = [0.0f32; NC];
+            let mut summs = [_mm_setzero_ps(); NC];
             for i in 0..nb {
                 let $wb = w.add(i * $wbytes);
                 prefetch_ahead($wb, $wbytes);
-                let (dw, mw, qx): (f32, f32, __m256i) = $decode;
+                let dm_w = h2f_pair($wb);
+                let qx: __m256i = $decode;
                 for c in 0..NC {
                     let ab = a[c].add(i * Q8_1_BYTES);
-                    summs[c] += mw * h2f(ab.add(Q8_1_S));
-                    let d = _mm256_set1_ps(dw * h2f(ab));
+                    // [d_w * d_a, m_w * s_a, 0, 0]
+                    let prod = _mm_mul_ps(dm_w, h2f_pair(ab));
+                    summs[c] = _mm_add_ps(summs[c], prod);
+                    let d = _mm256_broadcastss_ps(prod);
                     let qy = loadu(ab.add(Q8_1_QS));
                     acc[c] = _mm256_fmadd_ps(d, mul_sum_us8_pairs_float(qx, qy), acc[c]);
                 }
             }
             let mut out = [0.0; NC];
             for c in 0..NC {
-                out[c] = hsum_ps(acc[c]) + summs[c];
+                // Lane 1 of `summs` holds the sum of m_w * s_a.
+                out[c] = hsum_ps(acc[c]) + _mm_cvtss_f32(_mm_movehdup_ps(summs[c]));
             }
             out
         }
@@ -203,32 +223,24 @@ macro_rules! unsigned_legacy_kernel {
 
 signed_legacy_kernel!(dot_q4_0, Q4_0_BYTES, |wb| {
     let q = nibbles32(wb.add(Q4_0_QS));
-    (h2f(wb), _mm256_sub_epi8(q, _mm256_set1_epi8(8)))
+    _mm256_sub_epi8(q, _mm256_set1_epi8(8))
 });
 
 signed_legacy_kernel!(dot_q5_0, Q5_0_BYTES, |wb| {
     let qh = wb.add(Q5_0_QH).cast::<u32>().read_unaligned();
     // (nibble | bit4) - 16 == nibble | (bit4 ? 0 : 0xF0) in two's complement.
     let high = _mm256_andnot_si256(bits_to_bytes(qh), _mm256_set1_epi8(0xF0u8 as i8));
-    (h2f(wb), _mm256_or_si256(nibbles32(wb.add(Q5_0_QS)), high))
+    _mm256_or_si256(nibbles32(wb.add(Q5_0_QS)), high)
 });
 
-signed_legacy_kernel!(dot_q8_0, Q8_0_BYTES, |wb| (h2f(wb), loadu(wb.add(Q8_0_QS))));
+signed_legacy_kernel!(dot_q8_0, Q8_0_BYTES, |wb| loadu(wb.add(Q8_0_QS)));
 
-unsigned_legacy_kernel!(dot_q4_1, Q4_1_BYTES, |wb| (
-    h2f(wb),
-    h2f(wb.add(Q4_1_M)),
-    nibbles32(wb.add(Q4_1_QS))
-));
+unsigned_legacy_kernel!(dot_q4_1, Q4_1_BYTES, |wb| nibbles32(wb.add(Q4_1_QS)));
 
 unsigned_legacy_kernel!(dot_q5_1, Q5_1_BYTES, |wb| {
     let qh = wb.add(Q5_1_QH).cast::<u32>().read_unaligned();
     let high = _mm256_and_si256(bits_to_bytes(qh), _mm256_set1_epi8(0x10));
-    (
-        h2f(wb),
-        h2f(wb.add(Q5_1_M)),
-        _mm256_or_si256(nibbles32(wb.add(Q5_1_QS)), high),
-    )
+    _mm256_or_si256(nibbles32(wb.add(Q5_1_QS)), high)
 });
 
 // ---------------------------------------------------------------------------
