@@ -1,1 +1,41 @@
-//! Evaluation (placeholder; being written).
+//! Evaluation: how good a model is on a text, and how fast it runs.
+//!
+//! - [`perplexity`] follows llama.cpp's `llama-perplexity` (non-overlapping windows, the
+//!   second half of each scored) so that its figure can be compared digit for digit with
+//!   llama.cpp's on the same GGUF file; it adds bits per byte, which, unlike perplexity,
+//!   compares models with different tokenizers.
+//! - [`bench`] measures prefill and decode throughput the way `llama-bench` does
+//!   (random tokens from an empty cache, a warm-up run, mean ± sd over repetitions).
+//! - [`llama_bench`] runs llama.cpp's `llama-bench` and parses its JSON, so both engines
+//!   can be measured in one run on one machine.
+//! - [`sysinfo`] reads what a benchmark report needs about the machine (CPU, kernel,
+//!   peak RSS).
+//!
+//! Architecture invariant: this crate prints nothing and draws no progress bars; it
+//! reports progress through callbacks and returns plain data. The CLI formats.
+
+pub mod bench;
+pub mod llama_bench;
+pub mod perplexity;
+pub mod sysinfo;
+
+pub use bench::{bench_decode, bench_prefill, run_bench, BenchOptions, BenchReport, BenchRow, Throughput};
+pub use llama_bench::{parse_llama_bench_json, run_llama_bench, LlamaBenchRow};
+pub use perplexity::{perplexity, PerplexityReport};
+
+/// Everything that can go wrong in an evaluation. Messages are one line.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Model(#[from] model::ModelError),
+    /// The caller's input (text, sizes, options) cannot be evaluated as asked.
+    #[error("{0}")]
+    Input(String),
+    /// An external program (llama-bench) failed or printed something unexpected.
+    #[error("{0}")]
+    External(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T, E = EvalError> = std::result::Result<T, E>;

@@ -38,7 +38,20 @@ fn main() {
         let mut worst: f64 = 0.0;
         let mut worst_step = 0;
         let mut min_margin = f64::INFINITY;
+        let penalty: f32 = std::env::var("PENALTY").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
+        let last_n: usize = std::env::var("LAST_N").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        let mut hist = prompt.clone();
         for (step, &tok) in greedy.iter().enumerate() {
+            if penalty != 1.0 {
+                let mut seen = std::collections::HashSet::new();
+                for &t in hist.iter().rev().take(last_n) {
+                    if seen.insert(t) {
+                        let l = &mut logits[t as usize];
+                        *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                    }
+                }
+            }
+            hist.push(tok);
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
             for t in steps[step]["top"].as_array().unwrap() {

@@ -11,7 +11,7 @@ fn main() {
     for &rows in &[1000usize, 270_000] {
         let mut w = vec![0u8; rows * rb];
         for (i, b) in w.iter_mut().enumerate() {
-            *b = (i * 2654435761usize >> 7) as u8;
+            *b = ((i * 2654435761usize) >> 7) as u8;
         }
         // keep f16 scales sane: set d and m of each block to small values
         for blk in w.chunks_exact_mut(20) {
