@@ -136,12 +136,12 @@ impl ModelConfig {
             Some(tokens) => tokens.len(),
             None => usize_of("vocab_size")?,
         };
-        if n_head % n_head_kv != 0 {
+        if !n_head.is_multiple_of(n_head_kv) {
             return Err(ModelError::Format(format!(
                 "head_count {n_head} is not a multiple of head_count_kv {n_head_kv}"
             )));
         }
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(ModelError::Format(format!("head dimension {head_dim} is odd")));
         }
         let mut c = ModelConfig {

@@ -34,6 +34,8 @@ struct Shared {
 
 pub struct ThreadPool {
     shared: Arc<Shared>,
+    /// Serialises `run` calls from different threads (e.g. tests sharing a model).
+    region: Mutex<()>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -63,7 +65,11 @@ impl ThreadPool {
                     .expect("failed to spawn a worker thread")
             })
             .collect();
-        ThreadPool { shared, workers }
+        ThreadPool {
+            shared,
+            region: Mutex::new(()),
+            workers,
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -87,9 +93,13 @@ impl ThreadPool {
         // for `done == n_tasks` below before returning.
         let ptr: *const (dyn Fn(usize) + Sync) = f;
         let ptr: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(ptr) };
-        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((JobPtr(ptr), n_tasks));
+        // One region at a time: the pool has a single job slot and task counter.
+        let _region = self.region.lock().unwrap_or_else(|e| e.into_inner());
+        // Reset the counters *before* the job becomes visible: a worker that saw an
+        // older generation late may pick the job up as soon as it is published.
         s.next_task.store(0, Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
+        *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((JobPtr(ptr), n_tasks));
         s.generation.fetch_add(1, Ordering::Release);
         {
             let sleeping = s.sleeping.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,6 +203,28 @@ mod tests {
                 });
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50));
+        }
+    }
+
+    #[test]
+    fn concurrent_callers_are_serialised() {
+        let pool = std::sync::Arc::new(ThreadPool::new(2));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        let hits: Vec<AtomicUsize> = (0..16).map(|_| AtomicUsize::new(0)).collect();
+                        pool.run(16, &|t| {
+                            hits[t].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("no task ran twice or was skipped");
         }
     }
 
