@@ -19,7 +19,9 @@ pub mod llama_bench;
 pub mod perplexity;
 pub mod sysinfo;
 
-pub use bench::{bench_decode, bench_prefill, run_bench, BenchOptions, BenchReport, BenchRow, Throughput};
+pub use bench::{
+    bench_decode, bench_prefill, run_bench, BenchOptions, BenchReport, BenchRow, Throughput,
+};
 pub use llama_bench::{parse_llama_bench_json, run_llama_bench, LlamaBenchRow};
 pub use perplexity::{perplexity, PerplexityReport};
 

@@ -19,8 +19,8 @@ mod reader;
 pub mod writer;
 
 pub use metadata::{Value, ValueType};
-pub use writer::GgufWriter;
 pub use quant::GgmlType;
+pub use writer::GgufWriter;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -214,9 +214,9 @@ impl GgufHeader {
     /// A required string value.
     pub fn get_str(&self, key: &str) -> Result<&str> {
         match self.get(key) {
-            Some(v) => v
-                .as_str()
-                .ok_or_else(|| GgufError::metadata(key, format!("expected a string, found {}", v.type_name()))),
+            Some(v) => v.as_str().ok_or_else(|| {
+                GgufError::metadata(key, format!("expected a string, found {}", v.type_name()))
+            }),
             None => Err(GgufError::metadata(key, "missing")),
         }
     }
@@ -225,7 +225,10 @@ impl GgufHeader {
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         match self.get(key) {
             Some(v) => v.as_u64().ok_or_else(|| {
-                GgufError::metadata(key, format!("expected an unsigned integer, found {}", v.type_name()))
+                GgufError::metadata(
+                    key,
+                    format!("expected an unsigned integer, found {}", v.type_name()),
+                )
             }),
             None => Err(GgufError::metadata(key, "missing")),
         }
@@ -250,7 +253,10 @@ fn read_tensor_info(r: &mut Reader<'_>, alignment: u64) -> Result<TensorInfo> {
     let name = r.string("tensor name")?;
     let n_dims = r.u32("tensor n_dims")?;
     if n_dims == 0 || n_dims > MAX_DIMS {
-        return Err(GgufError::tensor(&name, format!("{n_dims} dimensions (expected 1..=4)")));
+        return Err(GgufError::tensor(
+            &name,
+            format!("{n_dims} dimensions (expected 1..=4)"),
+        ));
     }
     let mut dims = Vec::with_capacity(n_dims as usize);
     for _ in 0..n_dims {
@@ -261,7 +267,10 @@ fn read_tensor_info(r: &mut Reader<'_>, alignment: u64) -> Result<TensorInfo> {
         .ok_or_else(|| GgufError::tensor(&name, format!("unsupported ggml type id {type_id}")))?;
     let offset = r.u64("tensor offset")?;
     if offset % alignment != 0 {
-        return Err(GgufError::tensor(&name, format!("offset {offset} is not aligned to {alignment}")));
+        return Err(GgufError::tensor(
+            &name,
+            format!("offset {offset} is not aligned to {alignment}"),
+        ));
     }
     let mut n_elements: u64 = 1;
     for &d in &dims {

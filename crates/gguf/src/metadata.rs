@@ -97,7 +97,12 @@ fn read_typed(r: &mut Reader<'_>, key: &str, ty: ValueType, depth: usize) -> Res
         ValueType::Bool => match r.u8(what)? {
             0 => Value::Bool(false),
             1 => Value::Bool(true),
-            b => return Err(GgufError::metadata(key, format!("bool byte {b} is neither 0 nor 1"))),
+            b => {
+                return Err(GgufError::metadata(
+                    key,
+                    format!("bool byte {b} is neither 0 nor 1"),
+                ))
+            }
         },
         ValueType::String => Value::String(r.string(what)?),
         ValueType::U64 => Value::U64(r.u64(what)?),
@@ -121,7 +126,6 @@ fn read_typed(r: &mut Reader<'_>, key: &str, ty: ValueType, depth: usize) -> Res
         }
     })
 }
-
 
 impl Value {
     pub fn type_name(&self) -> &'static str {

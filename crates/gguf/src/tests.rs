@@ -23,7 +23,14 @@ fn parses_what_the_writer_wrote() {
     assert_eq!(h.architecture().unwrap(), "llama");
     assert_eq!(h.get_u64("llama.block_count").unwrap(), 2);
     assert_eq!(h.get_f64("llama.rope.freq_base").unwrap(), 10000.0);
-    assert_eq!(h.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len(), 2);
+    assert_eq!(
+        h.get("tokenizer.ggml.tokens")
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let w = h.tensor("w").unwrap();
     assert_eq!(w.dims, vec![4, 2]);
     assert_eq!(w.size, 32);
@@ -42,7 +49,12 @@ fn every_truncation_is_an_error() {
     let bytes = sample_file();
     // The last tensor ends before the final padding; cutting inside the padding is harmless.
     let h = GgufHeader::parse(&bytes).unwrap();
-    let needed = h.tensors.iter().map(|t| h.data_offset + t.offset + t.size).max().unwrap() as usize;
+    let needed = h
+        .tensors
+        .iter()
+        .map(|t| h.data_offset + t.offset + t.size)
+        .max()
+        .unwrap() as usize;
     for cut in 0..needed {
         let err = GgufHeader::parse(&bytes[..cut]);
         assert!(err.is_err(), "prefix of {cut} bytes parsed");

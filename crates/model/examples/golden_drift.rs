@@ -24,7 +24,13 @@ fn main() {
     let m = &loaded.model;
     let text = std::fs::read_to_string(&args[2]).expect("golden file");
     let golden: serde_json::Value = serde_json::from_str(&text).expect("json");
-    let ids = |v: &serde_json::Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
     let mut overall: f64 = 0.0;
     for (pi, rec) in golden.as_array().unwrap().iter().enumerate() {
         let prompt = ids(&rec["prompt_ids"]);
@@ -34,12 +40,28 @@ fn main() {
         all.extend_from_slice(&greedy);
         let mut state = m.new_state(all.len() + 1);
         let positions: Vec<usize> = (0..prompt.len()).collect();
-        let mut logits = m.forward(&mut state, &Batch { logits: LogitsFor::Last, ..Batch::causal(&prompt, &positions) }, None).unwrap().to_vec();
+        let mut logits = m
+            .forward(
+                &mut state,
+                &Batch {
+                    logits: LogitsFor::Last,
+                    ..Batch::causal(&prompt, &positions)
+                },
+                None,
+            )
+            .unwrap()
+            .to_vec();
         let mut worst: f64 = 0.0;
         let mut worst_step = 0;
         let mut min_margin = f64::INFINITY;
-        let penalty: f32 = std::env::var("PENALTY").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
-        let last_n: usize = std::env::var("LAST_N").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+        let penalty: f32 = std::env::var("PENALTY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0);
+        let last_n: usize = std::env::var("LAST_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
         let mut hist = prompt.clone();
         for (step, &tok) in greedy.iter().enumerate() {
             if penalty != 1.0 {
@@ -53,7 +75,12 @@ fn main() {
             }
             hist.push(tok);
             let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let lse = max + logits.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            let lse = max
+                + logits
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
             for t in steps[step]["top"].as_array().unwrap() {
                 let id = t[0].as_u64().unwrap() as usize;
                 let d = (logits[id] as f64 - lse - t[2].as_f64().unwrap()).abs();
@@ -63,15 +90,28 @@ fn main() {
                 }
             }
             let top = steps[step]["top"].as_array().unwrap();
-            if std::env::var("DUMP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(pi) && step < 3 {
-                let ours: Vec<(usize, f64)> = top.iter().map(|t| { let id = t[0].as_u64().unwrap() as usize; (id, ((logits[id] as f64 - lse) * 1e4).round() / 1e4) }).collect();
+            if std::env::var("DUMP")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                == Some(pi)
+                && step < 3
+            {
+                let ours: Vec<(usize, f64)> = top
+                    .iter()
+                    .map(|t| {
+                        let id = t[0].as_u64().unwrap() as usize;
+                        (id, ((logits[id] as f64 - lse) * 1e4).round() / 1e4)
+                    })
+                    .collect();
                 println!("step {step}: ours {ours:?}");
             }
             min_margin = min_margin.min(top[0][2].as_f64().unwrap() - top[1][2].as_f64().unwrap());
             let pos = state.cache.next_position();
-            logits = m.forward(&mut state, &Batch::causal(&[tok], &[pos]), None).unwrap().to_vec();
+            logits = m
+                .forward(&mut state, &Batch::causal(&[tok], &[pos]), None)
+                .unwrap()
+                .to_vec();
         }
-        if std::env::var("DUMP").is_ok() && pi == 3 { }
         overall = overall.max(worst);
         println!("prompt {pi:2}: len {:3} worst |dlogprob| {worst:.5} at step {worst_step:2}; llama.cpp's smallest top-2 margin {min_margin:.5}", prompt.len());
     }

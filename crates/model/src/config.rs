@@ -87,7 +87,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Whether layer `il` attends only within the sliding window.
     pub fn is_local_layer(&self, il: usize) -> bool {
-        self.sliding_window.is_some() && (il + 1) % self.swa_period != 0
+        self.sliding_window.is_some() && !(il + 1).is_multiple_of(self.swa_period)
     }
 
     pub fn q_dim(&self) -> usize {
@@ -142,7 +142,9 @@ impl ModelConfig {
             )));
         }
         if !head_dim.is_multiple_of(2) {
-            return Err(ModelError::Format(format!("head dimension {head_dim} is odd")));
+            return Err(ModelError::Format(format!(
+                "head dimension {head_dim} is odd"
+            )));
         }
         let mut c = ModelConfig {
             arch,

@@ -179,7 +179,11 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.quit.store(true, Ordering::Release);
         {
-            let _guard = self.shared.sleeping.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = self
+                .shared
+                .sleeping
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             self.shared.wake.notify_all();
         }
         for w in self.workers.drain(..) {

@@ -215,13 +215,23 @@ impl Model {
             // xn = rms_norm(x) * attn_norm
             s.xn.resize(n * e, 0.0);
             for i in 0..n {
-                ops::rms_norm(&s.x[i * e..(i + 1) * e], &lw.attn_norm, c.rms_eps, &mut s.xn[i * e..(i + 1) * e]);
+                ops::rms_norm(
+                    &s.x[i * e..(i + 1) * e],
+                    &lw.attn_norm,
+                    c.rms_eps,
+                    &mut s.xn[i * e..(i + 1) * e],
+                );
             }
             // q: [n, n_head, hd], k/v: [n, n_head_kv, hd]
             s.q.resize(n * qd, 0.0);
             s.k.resize(n * kvd, 0.0);
             s.v.resize(n * kvd, 0.0);
-            self.linear_many(&s.xn, n, &mut s.acts, &mut [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)]);
+            self.linear_many(
+                &s.xn,
+                n,
+                &mut s.acts,
+                &mut [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
+            );
             if let (Some(bq), Some(bk), Some(bv)) = (&lw.bq, &lw.bk, &lw.bv) {
                 add_bias(&mut s.q, bq);
                 add_bias(&mut s.k, bk);
@@ -233,13 +243,31 @@ impl Model {
                 ops::rms_norm_rows_in_place(&mut s.k, kn, c.rms_eps);
             }
             let local = c.is_local_layer(il);
-            let base = if local { c.rope_base_local } else { c.rope_base };
+            let base = if local {
+                c.rope_base_local
+            } else {
+                c.rope_base
+            };
             for i in 0..n {
-                let angles = if local { &mut s.angles_local } else { &mut s.angles };
+                let angles = if local {
+                    &mut s.angles_local
+                } else {
+                    &mut s.angles
+                };
                 angles.resize(c.head_dim / 2, (0.0, 0.0));
                 ops::rope_angles(batch.positions[i], base, c.head_dim, angles);
-                ops::apply_rope(&mut s.q[i * qd..(i + 1) * qd], c.head_dim, angles, c.rope_style);
-                ops::apply_rope(&mut s.k[i * kvd..(i + 1) * kvd], c.head_dim, angles, c.rope_style);
+                ops::apply_rope(
+                    &mut s.q[i * qd..(i + 1) * qd],
+                    c.head_dim,
+                    angles,
+                    c.rope_style,
+                );
+                ops::apply_rope(
+                    &mut s.k[i * kvd..(i + 1) * kvd],
+                    c.head_dim,
+                    angles,
+                    c.rope_style,
+                );
             }
             cache.write(il, first_slot, &s.k, &s.v);
 
@@ -266,11 +294,21 @@ impl Model {
 
             // --- feed-forward block ---
             for i in 0..n {
-                ops::rms_norm(&s.x[i * e..(i + 1) * e], &lw.ffn_norm, c.rms_eps, &mut s.xn[i * e..(i + 1) * e]);
+                ops::rms_norm(
+                    &s.x[i * e..(i + 1) * e],
+                    &lw.ffn_norm,
+                    c.rms_eps,
+                    &mut s.xn[i * e..(i + 1) * e],
+                );
             }
             s.gate.resize(n * ff, 0.0);
             s.up.resize(n * ff, 0.0);
-            self.linear_many(&s.xn, n, &mut s.acts, &mut [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)]);
+            self.linear_many(
+                &s.xn,
+                n,
+                &mut s.acts,
+                &mut [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)],
+            );
             ops::gated_activation(&mut s.gate, &s.up, c.activation);
             self.linear_many(&s.gate, n, &mut s.acts, &mut [(&lw.w_down, &mut s.proj)]);
             if let Some(w) = &lw.post_ffn_norm {
@@ -289,12 +327,24 @@ impl Model {
         let m = s.out_rows.len();
         s.xn.resize(m * e, 0.0);
         for (j, &i) in s.out_rows.iter().enumerate() {
-            ops::rms_norm(&s.x[i * e..(i + 1) * e], &self.weights.output_norm, c.rms_eps, &mut s.xn[j * e..(j + 1) * e]);
+            ops::rms_norm(
+                &s.x[i * e..(i + 1) * e],
+                &self.weights.output_norm,
+                c.rms_eps,
+                &mut s.xn[j * e..(j + 1) * e],
+            );
         }
         s.logits.resize(m * c.vocab_size, 0.0);
-        self.linear_many(&s.xn[..m * e], m, &mut s.acts, &mut [(&self.weights.output, &mut s.logits)]);
+        self.linear_many(
+            &s.xn[..m * e],
+            m,
+            &mut s.acts,
+            &mut [(&self.weights.output, &mut s.logits)],
+        );
         if let Some(cap) = c.final_logit_softcap {
-            s.logits.iter_mut().for_each(|l| *l = cap * (*l / cap).tanh());
+            s.logits
+                .iter_mut()
+                .for_each(|l| *l = cap * (*l / cap).tanh());
         }
         Ok(&s.logits)
     }
@@ -305,9 +355,16 @@ impl Model {
             return Err(ModelError::Input("empty batch".into()));
         }
         if batch.positions.len() != n {
-            return Err(ModelError::Input(format!("{n} tokens but {} positions", batch.positions.len())));
+            return Err(ModelError::Input(format!(
+                "{n} tokens but {} positions",
+                batch.positions.len()
+            )));
         }
-        if let Some(&t) = batch.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&t) = batch
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::Input(format!(
                 "token id {t} is outside the vocabulary ({} tokens)",
                 self.config.vocab_size
@@ -329,9 +386,9 @@ impl Model {
             }
         }
         match batch.logits {
-            LogitsFor::Rows(rows) if rows.iter().any(|&r| r >= n) => {
-                Err(ModelError::Input("logits requested for a row outside the batch".into()))
-            }
+            LogitsFor::Rows(rows) if rows.iter().any(|&r| r >= n) => Err(ModelError::Input(
+                "logits requested for a row outside the batch".into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -339,7 +396,13 @@ impl Model {
     /// `out_j = W_j · x` for several matrices that read the same input, in one
     /// parallel region (q/k/v; gate/up).
     // x: [n, cols] -> out_j: [n, rows_j]
-    fn linear_many(&self, x: &[f32], n: usize, acts: &mut Vec<u8>, jobs: &mut [(&Matrix, &mut Vec<f32>)]) {
+    fn linear_many(
+        &self,
+        x: &[f32],
+        n: usize,
+        acts: &mut Vec<u8>,
+        jobs: &mut [(&Matrix, &mut Vec<f32>)],
+    ) {
         match self.kernels {
             Kernels::Reference => {
                 for (w, out) in jobs.iter_mut() {
@@ -350,7 +413,13 @@ impl Model {
         }
     }
 
-    fn fast_matmuls(&self, x: &[f32], n: usize, acts: &mut Vec<u8>, jobs: &mut [(&Matrix, &mut Vec<f32>)]) {
+    fn fast_matmuls(
+        &self,
+        x: &[f32],
+        n: usize,
+        acts: &mut Vec<u8>,
+        jobs: &mut [(&Matrix, &mut Vec<f32>)],
+    ) {
         // Quantise the input once per activation format the matrices need (usually one).
         let cols = jobs[0].0.cols;
         let mut formats: Vec<(GgmlType, usize, usize)> = Vec::with_capacity(2); // (type, offset, row_bytes)
@@ -365,8 +434,12 @@ impl Model {
             let offset = acts.len();
             acts.resize(offset + n * row_bytes, 0);
             for i in 0..n {
-                quant::quantize_row(ty, &x[i * cols..(i + 1) * cols], &mut acts[offset + i * row_bytes..offset + (i + 1) * row_bytes])
-                    .expect("row sizes match by construction");
+                quant::quantize_row(
+                    ty,
+                    &x[i * cols..(i + 1) * cols],
+                    &mut acts[offset + i * row_bytes..offset + (i + 1) * row_bytes],
+                )
+                .expect("row sizes match by construction");
             }
             formats.push((ty, offset, row_bytes));
         }
@@ -376,7 +449,8 @@ impl Model {
         let total_rows: usize = jobs.iter().map(|(w, _)| w.rows).sum();
         let n_threads = self.pool.n_threads();
         let chunk = (total_rows / (n_threads * 16)).clamp(4, 64);
-        let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(total_rows / chunk + jobs.len()); // (job, row0, row1)
+        let mut tasks: Vec<(usize, usize, usize)> =
+            Vec::with_capacity(total_rows / chunk + jobs.len()); // (job, row0, row1)
         for (j, (w, _)) in jobs.iter().enumerate() {
             let mut r = 0;
             while r < w.rows {
@@ -391,7 +465,10 @@ impl Model {
         let run = |t: usize| {
             let (j, r0, r1) = tasks[t];
             let w = mats[j];
-            let &(_, offset, row_bytes) = formats.iter().find(|f| f.0 == w.ty.vec_dot_type()).expect("quantised above");
+            let &(_, offset, row_bytes) = formats
+                .iter()
+                .find(|f| f.0 == w.ty.vec_dot_type())
+                .expect("quantised above");
             let out = outs[j];
             if n == 1 {
                 // SAFETY: rows r0..r1 of this job belong to this task alone.
@@ -412,7 +489,13 @@ impl Model {
                         *a = &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
                     }
                     for r in r0..r1 {
-                        quant::vec_dot_multi(w.ty, w.cols, w.row(r), &a_rows[..m], &mut tile_out[..m]);
+                        quant::vec_dot_multi(
+                            w.ty,
+                            w.cols,
+                            w.row(r),
+                            &a_rows[..m],
+                            &mut tile_out[..m],
+                        );
                         for (k, &v) in tile_out[..m].iter().enumerate() {
                             // SAFETY: element (i0 + k, r) belongs to this task alone.
                             unsafe { out.slice((i0 + k) * w.rows + r, 1)[0] = v };
@@ -448,14 +531,22 @@ impl Model {
         let keys = cache.keys(layer);
         let values = cache.values(layer);
         let positions = cache.positions();
-        let window = if c.is_local_layer(layer) { c.sliding_window } else { None };
+        let window = if c.is_local_layer(layer) {
+            c.sliding_window
+        } else {
+            None
+        };
         let n_items = n * c.n_head;
         let n_threads = match self.kernels {
             Kernels::Reference => 1,
             Kernels::Fast => self.pool.n_threads(),
         };
         // One scores row per item when the weights are kept, else one per task.
-        let n_tasks = if n_items == 1 { 1 } else { (n_threads * 4).min(n_items) };
+        let n_tasks = if n_items == 1 {
+            1
+        } else {
+            (n_threads * 4).min(n_items)
+        };
         let rows = if keep_weights { n_items } else { n_tasks };
         s.scores.resize(rows * n_slots, 0.0);
         let scores = SharedOut::new(&mut s.scores);
@@ -481,7 +572,10 @@ impl Model {
                 // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
                 let mut qh = [0f32; 512];
                 let qh = &mut qh[..hd];
-                for (d, &v) in qh.iter_mut().zip(&q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd]) {
+                for (d, &v) in qh
+                    .iter_mut()
+                    .zip(&q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd])
+                {
                     *d = half::f16::from_f32(v).to_f32();
                 }
                 let row = if keep_weights { item } else { task };
@@ -489,7 +583,8 @@ impl Model {
                 let sc = unsafe { scores.slice(row * n_slots, n_slots) };
                 for (j, sj) in sc.iter_mut().enumerate() {
                     *sj = if visible(i, j) {
-                        ops::dot_f32(qh, &keys[j * kvd + g * hd..j * kvd + (g + 1) * hd]) * c.attn_scale
+                        ops::dot_f32(qh, &keys[j * kvd + g * hd..j * kvd + (g + 1) * hd])
+                            * c.attn_scale
                     } else {
                         f32::NEG_INFINITY
                     };
@@ -516,7 +611,8 @@ impl Model {
 pub fn reference_matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {
     let mut row = vec![0f32; w.cols];
     for r in 0..w.rows {
-        w.dequantize_row(r, &mut row).expect("validated at load time");
+        w.dequantize_row(r, &mut row)
+            .expect("validated at load time");
         for i in 0..n {
             out[i * w.rows + r] = ops::dot_f32(&row, &x[i * w.cols..(i + 1) * w.cols]);
         }

@@ -41,7 +41,14 @@ pub struct Matrix {
 
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Matrix({} {} [{}, {}])", self.name, self.ty.name(), self.rows, self.cols)
+        write!(
+            f,
+            "Matrix({} {} [{}, {}])",
+            self.name,
+            self.ty.name(),
+            self.rows,
+            self.cols
+        )
     }
 }
 
@@ -85,7 +92,14 @@ impl Matrix {
             )));
         }
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Matrix::new(name, GgmlType::F32, rows, cols, Arc::new(Backing::Owned(bytes)), 0)
+        Matrix::new(
+            name,
+            GgmlType::F32,
+            rows,
+            cols,
+            Arc::new(Backing::Owned(bytes)),
+            0,
+        )
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -167,7 +181,14 @@ impl GgufTensors<'_> {
             )));
         }
         let start = (self.file.header.data_offset + info.offset) as usize;
-        Matrix::new(name, info.ggml_type, rows, cols, self.backing.clone(), start)
+        Matrix::new(
+            name,
+            info.ggml_type,
+            rows,
+            cols,
+            self.backing.clone(),
+            start,
+        )
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {

@@ -27,6 +27,9 @@ fn main() {
             }
         }
         let blocks = (reps * rows * cols / 32) as f64;
-        println!("rows {rows}: {:.2} ns/block ({s})", t.elapsed().as_secs_f64() * 1e9 / blocks);
+        println!(
+            "rows {rows}: {:.2} ns/block ({s})",
+            t.elapsed().as_secs_f64() * 1e9 / blocks
+        );
     }
 }

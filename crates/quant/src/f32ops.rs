@@ -57,7 +57,11 @@ mod x86 {
         let mut i = 0;
         while i + 16 <= n {
             acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i + 8)), _mm256_loadu_ps(b.add(i + 8)), acc1);
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.add(i + 8)),
+                _mm256_loadu_ps(b.add(i + 8)),
+                acc1,
+            );
             i += 16;
         }
         if i + 8 <= n {
@@ -99,8 +103,12 @@ mod tests {
     #[test]
     fn dot_and_axpy_match_the_reference() {
         for n in [0usize, 1, 7, 8, 15, 16, 17, 64, 100, 256] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 7 + 3) % 11) as f32 * 0.25 - 1.0).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 5 + 1) % 13) as f32 * 0.5 - 3.0).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 7 + 3) % 11) as f32 * 0.25 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 5 + 1) % 13) as f32 * 0.5 - 3.0)
+                .collect();
             let want = dot_f32_reference(&a, &b);
             let bound = 1e-5 * a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum::<f32>() + 1e-6;
             assert!((dot_f32(&a, &b) - want).abs() <= bound, "n={n}");

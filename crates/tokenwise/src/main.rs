@@ -8,7 +8,11 @@ mod models;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "tokenwise", version, about = "LLM inference that measures every token")]
+#[command(
+    name = "tokenwise",
+    version,
+    about = "LLM inference that measures every token"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,15 +1,21 @@
 //! Model aliases and the model cache (filled by `scripts/fetch_models.py`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// alias -> file name in the cache. Keep in step with `scripts/fetch_models.py`.
 pub const ALIASES: &[(&str, &str)] = &[
     ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ("gemma3-270m", "gemma-3-270m-Q4_K_M.gguf"),
-    ("qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
-    ("qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+    (
+        "qwen2.5-coder-0.5b",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    (
+        "qwen2.5-coder-1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
 ];
 
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
@@ -18,7 +24,8 @@ pub const DEFAULT_MODEL: &str = "smollm2-135m";
 pub fn cache_dir() -> PathBuf {
     match std::env::var_os("TOKENWISE_CACHE") {
         Some(root) => PathBuf::from(root).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tokenwise/models"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/tokenwise/models"),
     }
 }
 
@@ -33,10 +40,63 @@ pub fn resolve(spec: &str) -> Result<PathBuf> {
         if p.exists() {
             return Ok(p);
         }
-        bail!("model {alias:?} is not in the cache ({}): run `scripts/fetch_models.py {alias}`", p.display());
+        bail!(
+            "model {alias:?} is not in the cache ({}): run `scripts/fetch_models.py {alias}`",
+            p.display()
+        );
     }
     let known: Vec<&str> = ALIASES.iter().map(|(a, _)| *a).collect();
-    bail!("no such model file {spec:?} (and not an alias; aliases: {})", known.join(", "))
+    bail!(
+        "no such model file {spec:?} (and not an alias; aliases: {})",
+        known.join(", ")
+    )
+}
+
+/// Default worker threads: the available cores, at most 8. Decoding a small model is
+/// bound by memory bandwidth, and past about 8 threads the per-layer synchronisation
+/// costs more than the extra cores bring.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .clamp(1, 8)
+}
+
+/// Resolves `spec` (path or alias) and loads the model with `threads` workers
+/// (`None`: [`default_threads`]). Errors name the file.
+pub fn load(spec: &str, threads: Option<usize>) -> Result<(PathBuf, model::LoadedModel)> {
+    let path = resolve(spec)?;
+    let threads = threads.unwrap_or_else(default_threads).max(1);
+    let loaded =
+        model::load_gguf(&path, threads).with_context(|| format!("loading {}", path.display()))?;
+    Ok((path, loaded))
+}
+
+/// The context size to use: `requested`, or the model's training context capped at
+/// 4096 (the KV cache of a 128k-context model would otherwise reserve gigabytes when it
+/// fills, and prompts here are short). Asking for more than the model was trained on
+/// is allowed, with a warning: quality degrades past it.
+pub fn context_size(
+    path: &Path,
+    loaded: &model::LoadedModel,
+    requested: Option<usize>,
+) -> Result<usize> {
+    let trained = loaded.model.config.context_length;
+    match requested {
+        None => Ok(trained.min(4096)),
+        Some(0) => bail!("--ctx must be at least 1 token"),
+        Some(n) => {
+            if n > trained {
+                eprintln!(
+                    "warning: --ctx {n} exceeds the context {} was trained with ({trained})",
+                    path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |f| f.to_string_lossy().into_owned()
+                    )
+                );
+            }
+            Ok(n)
+        }
+    }
 }
 
 pub fn list() -> Result<()> {

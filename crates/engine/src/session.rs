@@ -1,0 +1,443 @@
+//! A [`Session`]: one sequence's KV cache, the tokens it holds, and the generation loop.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use model::tokenizer::TextStream;
+use model::{Batch, LoadedModel, ModelError, SequenceState};
+use sample::{token_stats, top_k_logprobs, Sampler, SamplerConfig};
+
+use crate::stop::StopMatcher;
+use crate::{EngineError, Result};
+
+/// Tokens per forward call while prefilling. Long prompts are split so the forward
+/// pass's scratch buffers (which grow with the batch: activations, attention scores)
+/// stay small; 256 rows already keep the matrix kernels busy.
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
+
+/// How to generate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerationParams {
+    /// Upper bound on generated tokens (an end-of-generation token counts).
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Stop after an end-of-generation token (EOS, `<|im_end|>`, ...). Its text is not
+    /// shown. Turn off to let the model run on past the end of its answer.
+    pub stop_at_eog: bool,
+    /// How many of the most likely alternatives to report per token (0 = none); costs
+    /// a partial sort of the vocabulary per token.
+    pub top_logprobs: usize,
+    /// Stop as soon as the generated text contains one of these; the stop string and
+    /// anything after it are not shown.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerationParams {
+    /// 128 greedy tokens, stopping at end of generation.
+    fn default() -> Self {
+        GenerationParams {
+            max_tokens: 128,
+            sampler: SamplerConfig::greedy(),
+            stop_at_eog: true,
+            top_logprobs: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// One generated token, as reported to the caller while generating.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenEvent {
+    /// 0-based index among the generated tokens.
+    pub index: usize,
+    pub id: u32,
+    /// Text to show now: complete UTF-8 only (a character split over tokens appears
+    /// with its last token), minus anything that might begin a stop string (released
+    /// once it cannot). Empty for an end-of-generation token. The concatenation over
+    /// all events is [`Generation::text`].
+    pub text: String,
+    /// Natural log of the token's probability under the model (before sampler
+    /// transformations such as temperature), so it measures the model, not the sampler.
+    pub logprob: f32,
+    /// Entropy of the model's distribution at this step, in nats.
+    pub entropy: f32,
+    /// 0 when the token was the model's top choice.
+    pub rank: usize,
+    /// The `top_logprobs` most likely `(id, logprob)`, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StopReason {
+    #[default]
+    MaxTokens,
+    EndOfGeneration,
+    StopString,
+    /// The next token would not fit the context.
+    ContextFull,
+    /// The callback asked to stop.
+    Cancelled,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::EndOfGeneration => "end_of_generation",
+            StopReason::StopString => "stop_string",
+            StopReason::ContextFull => "context_full",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counts and timings of one [`Session::generate`] call.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationStats {
+    /// Tokens of the prompt passed in.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were already in the cache.
+    pub reused_tokens: usize,
+    /// Seconds spent computing the other prompt tokens.
+    pub prefill_secs: f64,
+    pub generated_tokens: usize,
+    /// Single-token forward passes (the last sampled token is never fed back, so this
+    /// is usually `generated_tokens - 1`).
+    pub decode_steps: usize,
+    /// Seconds spent after the prefill in forward passes, sampling and statistics;
+    /// time spent in the caller's callback (printing) is excluded.
+    pub decode_secs: f64,
+    pub stop_reason: StopReason,
+}
+
+impl GenerationStats {
+    /// Prompt tokens actually computed.
+    pub fn prefilled_tokens(&self) -> usize {
+        self.prompt_tokens - self.reused_tokens
+    }
+
+    /// Prefill throughput (0 when nothing was computed).
+    pub fn prefill_tokens_per_sec(&self) -> f64 {
+        rate(self.prefilled_tokens(), self.prefill_secs)
+    }
+
+    /// Decode throughput: forward passes per second, as llama.cpp reports "eval" speed
+    /// (the first token comes from the prefill's logits and costs no pass).
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        rate(self.decode_steps, self.decode_secs)
+    }
+}
+
+fn rate(n: usize, secs: f64) -> f64 {
+    if n == 0 || secs <= 0.0 {
+        0.0
+    } else {
+        n as f64 / secs
+    }
+}
+
+/// The result of [`Session::generate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// Every generated token, an end-of-generation token included.
+    pub tokens: Vec<u32>,
+    /// The text shown: the concatenation of the events' `text`.
+    pub text: String,
+    pub stats: GenerationStats,
+}
+
+/// What [`Session::sync_prompt`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefillInfo {
+    /// Tokens kept from the cache.
+    pub reused: usize,
+    /// Tokens computed.
+    pub computed: usize,
+}
+
+/// One sequence: its KV cache and the tokens the cache holds, kept between calls so a
+/// conversation only pays for what is new.
+pub struct Session<'m> {
+    model: &'m LoadedModel,
+    state: SequenceState,
+    /// The tokens whose keys and values are in the cache, in order (position = index).
+    tokens: Vec<u32>,
+    /// Logits after the last token of `tokens`; empty when unknown (after truncation).
+    logits: Vec<f32>,
+    prefill_chunk: usize,
+    positions: Vec<usize>,
+}
+
+impl<'m> Session<'m> {
+    /// A session whose cache holds `n_ctx` tokens (prompt and generated together).
+    /// The cache grows as it fills, so a large `n_ctx` costs nothing up front.
+    pub fn new(model: &'m LoadedModel, n_ctx: usize) -> Result<Session<'m>> {
+        if n_ctx == 0 {
+            return Err(EngineError::Invalid(
+                "the context size must be at least 1 token".into(),
+            ));
+        }
+        Ok(Session {
+            model,
+            state: model.model.new_state(n_ctx),
+            tokens: Vec::new(),
+            logits: Vec::new(),
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            positions: Vec::new(),
+        })
+    }
+
+    /// Sets the prefill chunk size (at least 1).
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Session<'m> {
+        self.prefill_chunk = tokens.max(1);
+        self
+    }
+
+    pub fn model(&self) -> &'m LoadedModel {
+        self.model
+    }
+
+    /// Capacity of the context in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.state.cache.capacity()
+    }
+
+    /// The tokens in the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// The sequence state (KV cache), e.g. for memory accounting.
+    pub fn state(&self) -> &SequenceState {
+        &self.state
+    }
+
+    /// Logits after the last cached token, when known.
+    pub fn logits(&self) -> Option<&[f32]> {
+        (!self.logits.is_empty()).then_some(self.logits.as_slice())
+    }
+
+    /// Empties the cache.
+    pub fn reset(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Keeps only the first `n` cached tokens.
+    pub fn truncate(&mut self, n: usize) {
+        if n < self.tokens.len() {
+            self.state.cache.truncate(n);
+            self.tokens.truncate(n);
+            self.logits.clear();
+        }
+    }
+
+    /// Appends `ids` to the cache, computing them in chunks, and returns the logits
+    /// after the last one. Fails before computing anything if they do not fit or hold
+    /// an id outside the vocabulary.
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<&[f32]> {
+        if ids.is_empty() {
+            return self.logits().ok_or(EngineError::EmptyPrompt);
+        }
+        let needed = self.tokens.len() + ids.len();
+        if needed > self.n_ctx() {
+            return Err(ModelError::ContextFull {
+                needed,
+                capacity: self.n_ctx(),
+            }
+            .into());
+        }
+        let vocab = self.model.model.config.vocab_size;
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary ({vocab} tokens)"
+            ))
+            .into());
+        }
+        for chunk in ids.chunks(self.prefill_chunk) {
+            self.forward(chunk)?;
+        }
+        Ok(&self.logits)
+    }
+
+    /// Makes the cache hold exactly `prompt`, keeping the longest common prefix of
+    /// what it holds and computing the rest (a chat resends the whole conversation
+    /// each turn; only the new turn is computed). If the cache diverges from the
+    /// prompt it is truncated where they part. At least the last prompt token is
+    /// recomputed when its logits are not at hand.
+    ///
+    /// Errors before computing anything when the prompt leaves no room for a
+    /// generated token (`prompt + 1 > n_ctx`) or is empty.
+    pub fn sync_prompt(&mut self, prompt: &[u32]) -> Result<PrefillInfo> {
+        if prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.len() + 1 > self.n_ctx() {
+            return Err(EngineError::PromptTooLong {
+                prompt: prompt.len(),
+                n_ctx: self.n_ctx(),
+            });
+        }
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let have_logits =
+            common == prompt.len() && common == self.tokens.len() && !self.logits.is_empty();
+        if have_logits {
+            return Ok(PrefillInfo {
+                reused: common,
+                computed: 0,
+            });
+        }
+        let keep = common.min(prompt.len() - 1);
+        self.truncate(keep);
+        self.prefill(&prompt[keep..])?;
+        Ok(PrefillInfo {
+            reused: keep,
+            computed: prompt.len() - keep,
+        })
+    }
+
+    /// Generates a continuation of `prompt` (the whole context to condition on; a
+    /// cached common prefix is reused). Each token is reported to `on_token` as soon
+    /// as it is sampled; returning `ControlFlow::Break` stops generation
+    /// ([`StopReason::Cancelled`]).
+    ///
+    /// Afterwards the cache holds the prompt and every generated token but the last
+    /// (which was never fed back), so a following call that extends this text only
+    /// computes the new part.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<Generation> {
+        params.sampler.validate()?;
+        let mut sampler = Sampler::new(params.sampler.clone());
+
+        let t_prefill = Instant::now();
+        let info = self.sync_prompt(prompt)?;
+        let prefill_secs = t_prefill.elapsed().as_secs_f64();
+
+        let tok = &self.model.tokenizer;
+        let mut stream = TextStream::new(tok);
+        let mut stop = StopMatcher::new(&params.stop);
+        let mut history = prompt.to_vec();
+        let mut work = Vec::with_capacity(self.logits.len());
+        let mut generated = Vec::new();
+        let mut text = String::new();
+        let mut stop_reason = StopReason::MaxTokens;
+        let mut decode = Duration::ZERO;
+        let mut decode_steps = 0;
+
+        let mut t = Instant::now();
+        for index in 0..params.max_tokens {
+            work.clear();
+            work.extend_from_slice(&self.logits);
+            let id = sampler.sample(&mut work, &history)?;
+            let stats = token_stats(&self.logits, id);
+            let top = if params.top_logprobs > 0 {
+                top_k_logprobs(&self.logits, params.top_logprobs)
+            } else {
+                Vec::new()
+            };
+            generated.push(id);
+            history.push(id);
+
+            // Decide now whether this is the last token, so held-back text can be
+            // released with it.
+            let mut shown = String::new();
+            let mut reason = None;
+            if params.stop_at_eog && tok.is_end_of_generation(id) {
+                reason = Some(StopReason::EndOfGeneration);
+            } else {
+                let (out, hit) = stop.push(&stream.push(id));
+                shown = out;
+                if hit {
+                    reason = Some(StopReason::StopString);
+                }
+            }
+            if reason.is_none() {
+                if index + 1 == params.max_tokens {
+                    reason = Some(StopReason::MaxTokens);
+                } else if self.tokens.len() + 1 > self.n_ctx() {
+                    reason = Some(StopReason::ContextFull);
+                }
+            }
+            if reason.is_some() && reason != Some(StopReason::StopString) {
+                // Flush an incomplete character and text held for stop strings.
+                let (out, hit) = stop.push(&stream.finish());
+                shown.push_str(&out);
+                if hit {
+                    reason = Some(StopReason::StopString);
+                } else {
+                    shown.push_str(&stop.finish());
+                }
+            }
+            text.push_str(&shown);
+            decode += t.elapsed();
+
+            let event = TokenEvent {
+                index,
+                id,
+                text: shown,
+                logprob: stats.logprob,
+                entropy: stats.entropy,
+                rank: stats.rank,
+                top,
+            };
+            let flow = on_token(&event);
+            t = Instant::now();
+            if let Some(r) = reason {
+                stop_reason = r;
+                break;
+            }
+            if flow.is_break() {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            self.forward(&[id])?;
+            decode_steps += 1;
+        }
+        decode += t.elapsed();
+
+        Ok(Generation {
+            stats: GenerationStats {
+                prompt_tokens: prompt.len(),
+                reused_tokens: info.reused,
+                prefill_secs,
+                generated_tokens: generated.len(),
+                decode_steps,
+                decode_secs: decode.as_secs_f64(),
+                stop_reason,
+            },
+            tokens: generated,
+            text,
+        })
+    }
+
+    /// One forward call: appends `ids` at the next positions and keeps the logits.
+    fn forward(&mut self, ids: &[u32]) -> Result<()> {
+        let start = self.state.cache.next_position();
+        self.positions.clear();
+        self.positions.extend(start..start + ids.len());
+        let logits = self.model.model.forward(
+            &mut self.state,
+            &Batch::causal(ids, &self.positions),
+            None,
+        )?;
+        self.logits.clear();
+        self.logits.extend_from_slice(logits);
+        self.tokens.extend_from_slice(ids);
+        Ok(())
+    }
+}

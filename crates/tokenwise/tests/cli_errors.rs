@@ -1,0 +1,208 @@
+//! Bad input makes the binary exit non-zero with a one-line `error: ...` on stderr,
+//! never a panic: missing, truncated, random and unsupported model files, and a prompt
+//! longer than the context.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gguf::{GgufWriter, Value};
+
+const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The cached test model; fails with the command to run when it is missing.
+fn smollm2_path() -> PathBuf {
+    let dir = match std::env::var_os("TOKENWISE_CACHE") {
+        Some(root) => PathBuf::from(root).join("models"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/tokenwise/models"),
+    };
+    let p = dir.join(SMOLLM2);
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/fetch_models.py --all-test` (or `make models`)",
+        p.display()
+    );
+    p
+}
+
+/// A scratch directory of this test process, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("tokenwise-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tokenwise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+/// Exit code non-zero, stderr exactly one line starting with `error:`, no panic.
+fn assert_one_line_error(args: &[&str], expect_in_message: &str) {
+    let out = tokenwise(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: stderr is not one line: {stderr}");
+    assert!(lines[0].starts_with("error: "), "{args:?}: {stderr}");
+    assert!(
+        lines[0].contains(expect_in_message),
+        "{args:?}: expected {expect_in_message:?} in {stderr}"
+    );
+}
+
+fn generate_and_inspect(model: &Path, expect: &str) {
+    let m = model.to_str().unwrap();
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "2",
+        ],
+        expect,
+    );
+    assert_one_line_error(&["inspect", m], expect);
+}
+
+#[test]
+fn missing_file() {
+    let missing = std::env::temp_dir().join("tokenwise-no-such-model.gguf");
+    generate_and_inspect(&missing, "no such model file");
+    assert_one_line_error(
+        &["chat", "--model", missing.to_str().unwrap()],
+        "no such model file",
+    );
+}
+
+#[test]
+fn truncated_files() {
+    let real = std::fs::read(smollm2_path()).unwrap();
+    let dir = Scratch::new("truncated");
+    // Cut inside the metadata (the tokenizer's arrays) ...
+    generate_and_inspect(&dir.write("head.gguf", &real[..1 << 20]), "truncated");
+    // ... and inside the tensor data.
+    generate_and_inspect(
+        &dir.write("half.gguf", &real[..real.len() / 2]),
+        "truncated",
+    );
+    // Nothing at all.
+    generate_and_inspect(&dir.write("empty.gguf", &[]), "truncated");
+}
+
+#[test]
+fn random_bytes() {
+    // A fixed xorshift stream: "random" but reproducible.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let bytes: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let dir = Scratch::new("random");
+    generate_and_inspect(&dir.write("random.gguf", &bytes), "not a GGUF file");
+    // Valid magic and version, garbage after it.
+    let mut garbage = b"GGUF\x03\x00\x00\x00".to_vec();
+    garbage.extend_from_slice(&bytes);
+    let p = dir.write("garbage.gguf", &garbage);
+    let m = p.to_str().unwrap();
+    assert_one_line_error(&["generate", "--model", m, "--prompt", "hi"], "");
+    assert_one_line_error(&["inspect", m], "");
+}
+
+#[test]
+fn unknown_architecture() {
+    let mut w = GgufWriter::new();
+    w.metadata("general.architecture", Value::String("mamba9".into()))
+        .metadata("mamba9.block_count", Value::U32(1))
+        .tensor_f32("token_embd.weight", &[4, 2], &[0.0; 8]);
+    let dir = Scratch::new("unknown-arch");
+    let p = dir.write("mamba9.gguf", &w.to_bytes());
+    let m = p.to_str().unwrap();
+    assert_one_line_error(
+        &["generate", "--model", m, "--prompt", "hi"],
+        "unknown architecture \"mamba9\"",
+    );
+    // `inspect` still describes the file and says what it cannot read.
+    let out = tokenwise(&["inspect", m]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("mamba9") && stdout.contains("unavailable"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn prompt_longer_than_context() {
+    let prompt = "one two three four five six seven eight nine ten ".repeat(8);
+    let model = smollm2_path();
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            &prompt,
+            "--ctx",
+            "32",
+        ],
+        "context holds 32",
+    );
+}
+
+#[test]
+fn bad_flags() {
+    let model = smollm2_path();
+    let m = model.to_str().unwrap();
+    assert_one_line_error(
+        &["generate", "--model", m, "--prompt", "hi", "--top-p", "3"],
+        "top_p",
+    );
+    assert_one_line_error(
+        &["generate", "--model", m, "--prompt", "hi", "--ctx", "0"],
+        "--ctx",
+    );
+    let missing = std::env::temp_dir().join("tokenwise-no-such-prompt.txt");
+    assert_one_line_error(
+        &[
+            "generate",
+            "--model",
+            m,
+            "--prompt-file",
+            missing.to_str().unwrap(),
+        ],
+        "tokenwise-no-such-prompt.txt",
+    );
+}
