@@ -4,11 +4,14 @@
 //!   without copying; [`config`] reads the hyper-parameters.
 //! - [`tokenizer`] builds a Hugging Face `tokenizers::Tokenizer` from GGUF metadata;
 //!   [`chat`] renders the model's chat template.
+//! - [`hf`] loads Hugging Face checkpoints (safetensors, `config.json`, `tokenizer.json`)
+//!   into the same structures.
 //! - [`transformer`] is the forward pass (reference and fast kernels side by side),
 //!   over a per-sequence [`kv_cache`].
 
 pub mod chat;
 pub mod config;
+pub mod hf;
 pub mod kv_cache;
 pub mod ops;
 pub mod threadpool;
@@ -67,4 +70,21 @@ pub fn load_gguf(path: &Path, n_threads: usize) -> Result<LoadedModel> {
         tokenizer,
         chat_template,
     })
+}
+
+// --- Hugging Face checkpoints ---
+
+/// Loads a Hugging Face checkpoint directory: `config.json`, `tokenizer.json` (with
+/// `tokenizer_config.json` and the chat template when present) and safetensors weights
+/// (`model.safetensors` or a sharded index), memory-mapped. See [`hf`].
+pub fn load_hf_dir(path: &Path, n_threads: usize) -> Result<LoadedModel> {
+    hf::load_dir(path, n_threads)
+}
+
+/// Downloads `repo_id` at `revision` (default `main`) from the Hugging Face hub into its
+/// local cache, then loads it like [`load_hf_dir`].
+#[cfg(feature = "hub")]
+pub fn load_hf_hub(repo_id: &str, revision: Option<&str>, n_threads: usize) -> Result<LoadedModel> {
+    let dir = hf::download(repo_id, revision)?;
+    hf::load_dir(&dir, n_threads)
 }

@@ -1,6 +1,7 @@
 //! Weight tensors as the forward pass sees them: quantised matrices kept in their GGUF
 //! block format (memory-mapped, never copied) and small f32 vectors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use gguf::{GgufFile, TensorInfo};
@@ -15,6 +16,8 @@ pub enum Backing {
     Gguf(GgufFile),
     /// Bytes produced at load time (e.g. converted from safetensors).
     Owned(Vec<u8>),
+    /// A memory-mapped file of another format (a safetensors shard).
+    Mapped(memmap2::Mmap),
 }
 
 impl Backing {
@@ -22,6 +25,7 @@ impl Backing {
         match self {
             Backing::Gguf(f) => f.bytes(),
             Backing::Owned(v) => v,
+            Backing::Mapped(m) => m,
         }
     }
 }
@@ -270,6 +274,156 @@ impl ModelWeights {
                 w_up: t.matrix(&n("ffn_up.weight"), ff, e)?,
                 w_down: t.matrix(&n("ffn_down.weight"), e, ff)?,
                 post_ffn_norm,
+            });
+        }
+        let output_norm = t.vector("output_norm.weight", e)?;
+        Ok(ModelWeights {
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+}
+
+// --- Weights from named tensors (Hugging Face checkpoints) ---
+
+/// A tensor handed to [`ModelWeights::from_tensors`]: `shape` outermost first (PyTorch
+/// order, so a linear layer is `[out, in]` = `[rows, cols]`), elements row-major in
+/// `ty`'s encoding (F32, F16 or BF16 for safetensors) at `backing[start..]`.
+#[derive(Clone)]
+pub struct RawTensor {
+    pub ty: GgmlType,
+    pub shape: Vec<usize>,
+    pub backing: Arc<Backing>,
+    pub start: usize,
+}
+
+impl RawTensor {
+    /// An F32 tensor owning `values` (a converted or computed tensor).
+    pub fn from_f32(shape: &[usize], values: &[f32]) -> RawTensor {
+        RawTensor {
+            ty: GgmlType::F32,
+            shape: shape.to_vec(),
+            backing: Arc::new(Backing::Owned(
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )),
+            start: 0,
+        }
+    }
+
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The tensor's bytes; an error when the backing is too short for the shape.
+    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
+        let len = self
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| self.ty.row_bytes(n))
+            .ok_or_else(|| {
+                ModelError::Format(format!(
+                    "tensor {name:?}: shape {:?} does not fit {}",
+                    self.shape,
+                    self.ty.name()
+                ))
+            })?;
+        self.start
+            .checked_add(len)
+            .and_then(|end| self.backing.bytes().get(self.start..end))
+            .ok_or_else(|| ModelError::Format(format!("tensor {name:?}: data out of bounds")))
+    }
+
+    /// All elements as f32.
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let mut out = vec![0.0; self.n_elements()];
+        quant::dequantize_row(self.ty, self.bytes(name)?, &mut out)
+            .map_err(|e| ModelError::Format(format!("tensor {name:?}: {e}")))?;
+        Ok(out)
+    }
+}
+
+/// Looks tensors up by their GGUF name in a map and checks their shapes.
+struct NamedTensors<'a> {
+    tensors: &'a HashMap<String, RawTensor>,
+}
+
+impl NamedTensors<'_> {
+    fn get(&self, name: &str) -> Result<&RawTensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| ModelError::Format(format!("missing tensor {name:?}")))
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let t = self.get(name)?;
+        if t.shape != [rows, cols] {
+            return Err(ModelError::Format(format!(
+                "tensor {name:?} has shape {:?}, expected [{rows}, {cols}]",
+                t.shape
+            )));
+        }
+        Matrix::new(name, t.ty, rows, cols, t.backing.clone(), t.start)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.get(name)?;
+        if t.shape != [len] {
+            return Err(ModelError::Format(format!(
+                "tensor {name:?} has shape {:?}, expected [{len}]",
+                t.shape
+            )));
+        }
+        t.to_f32(name)
+    }
+}
+
+impl ModelWeights {
+    /// Builds the weights from tensors keyed by their GGUF names (`token_embd.weight`,
+    /// `blk.0.attn_q.weight`, ...; see [`ModelWeights::from_gguf`]) in GGUF's conventions:
+    /// q/k rows ordered for `c.rope_style`, Gemma norms holding `1 + w`. Matrices point
+    /// into the tensors' backings; `output.weight` may be absent (tied embeddings).
+    pub fn from_tensors(
+        tensors: &HashMap<String, RawTensor>,
+        c: &ModelConfig,
+    ) -> Result<ModelWeights> {
+        let t = NamedTensors { tensors };
+        let (e, q, kv, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        let token_embd = t.matrix("token_embd.weight", c.vocab_size, e)?;
+        let output = if tensors.contains_key("output.weight") {
+            t.matrix("output.weight", c.vocab_size, e)?
+        } else {
+            token_embd.clone()
+        };
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for il in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{il}.{s}");
+            let opt_vec = |on: bool, name: &str, len: usize| -> Result<Option<Vec<f32>>> {
+                if on {
+                    t.vector(&n(name), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(LayerWeights {
+                attn_norm: t.vector(&n("attn_norm.weight"), e)?,
+                wq: t.matrix(&n("attn_q.weight"), q, e)?,
+                wk: t.matrix(&n("attn_k.weight"), kv, e)?,
+                wv: t.matrix(&n("attn_v.weight"), kv, e)?,
+                wo: t.matrix(&n("attn_output.weight"), e, q)?,
+                bq: opt_vec(c.qkv_bias, "attn_q.bias", q)?,
+                bk: opt_vec(c.qkv_bias, "attn_k.bias", kv)?,
+                bv: opt_vec(c.qkv_bias, "attn_v.bias", kv)?,
+                q_norm: opt_vec(c.qk_norm, "attn_q_norm.weight", c.head_dim)?,
+                k_norm: opt_vec(c.qk_norm, "attn_k_norm.weight", c.head_dim)?,
+                post_attn_norm: opt_vec(c.post_norms, "post_attention_norm.weight", e)?,
+                ffn_norm: t.vector(&n("ffn_norm.weight"), e)?,
+                w_gate: t.matrix(&n("ffn_gate.weight"), ff, e)?,
+                w_up: t.matrix(&n("ffn_up.weight"), ff, e)?,
+                w_down: t.matrix(&n("ffn_down.weight"), e, ff)?,
+                post_ffn_norm: opt_vec(c.post_norms, "post_ffw_norm.weight", e)?,
             });
         }
         let output_norm = t.vector("output_norm.weight", e)?;

@@ -61,14 +61,43 @@ pub fn default_threads() -> usize {
         .clamp(1, 8)
 }
 
-/// Resolves `spec` (path or alias) and loads the model with `threads` workers
-/// (`None`: [`default_threads`]). Errors name the file.
+/// Loads a model with `threads` workers (`None`: [`default_threads`]). `spec` is
+/// a GGUF file, an alias of a cached GGUF file, a Hugging Face checkpoint directory
+/// (`config.json`, `tokenizer.json`, safetensors), or `hf:OWNER/NAME[@REVISION]` to
+/// fetch one from the Hub (builds with the `hub` feature). Errors name the source.
 pub fn load(spec: &str, threads: Option<usize>) -> Result<(PathBuf, model::LoadedModel)> {
-    let path = resolve(spec)?;
     let threads = threads.unwrap_or_else(default_threads).max(1);
-    let loaded =
-        model::load_gguf(&path, threads).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(repo) = spec.strip_prefix("hf:") {
+        return load_hub(repo, threads);
+    }
+    let path = resolve(spec)?;
+    let loaded = if path.is_dir() {
+        model::load_hf_dir(&path, threads)
+    } else {
+        model::load_gguf(&path, threads)
+    }
+    .with_context(|| format!("loading {}", path.display()))?;
     Ok((path, loaded))
+}
+
+#[cfg(feature = "hub")]
+fn load_hub(repo: &str, threads: usize) -> Result<(PathBuf, model::LoadedModel)> {
+    let (id, revision) = match repo.split_once('@') {
+        Some((id, rev)) => (id, Some(rev)),
+        None => (repo, None),
+    };
+    let loaded = model::load_hf_hub(id, revision, threads)
+        .with_context(|| format!("loading {repo} from the Hugging Face Hub"))?;
+    Ok((PathBuf::from(repo), loaded))
+}
+
+#[cfg(not(feature = "hub"))]
+fn load_hub(repo: &str, _threads: usize) -> Result<(PathBuf, model::LoadedModel)> {
+    bail!(
+        "hf:{repo}: this tokenwise was built without Hub support; rebuild with \
+         `cargo build --release -p tokenwise --features hub`, or download the checkpoint \
+         and pass its directory"
+    )
 }
 
 /// The context size to use: `requested`, or the model's training context capped at

@@ -45,14 +45,8 @@ pub fn run(a: Args) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let path = models::resolve(&a.model)?;
-    let threads = a.threads.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(4, |n| n.get())
-            .clamp(1, 8)
-    });
-    let loaded =
-        model::load_gguf(&path, threads).with_context(|| format!("loading {}", path.display()))?;
+    let threads = a.threads.unwrap_or_else(models::default_threads);
+    let (path, loaded) = models::load(&a.model, Some(threads))?;
 
     // The bar goes to stderr and only to a terminal: piped output stays clean.
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
