@@ -4,30 +4,32 @@ use std::fmt;
 
 use crate::candidates::Candidates;
 use crate::config::{SampleError, SamplerConfig};
+use crate::fastmath;
 use crate::processors::{
-    processor_from_name, LogitsProcessor, MinP, RepetitionPenalty, SampleContext, Temperature,
-    TopK, TopP,
+    processor_from_name, LogitBias, LogitsProcessor, Mirostat, MirostatV2, Penalties,
+    SampleContext, Temperature,
 };
+use crate::report::{SampleReport, StageReport};
 use crate::rng::Rng;
+use crate::stats::{moments_and_probs, token_report, token_report_with, Moments};
 
 /// Turns logits rows into tokens.
 ///
-/// Owns its configuration, its seeded RNG, its processor chain and its
-/// scratch buffers; after the first call, sampling a token allocates nothing
-/// (the buffers keep their capacity).
+/// Owns its configuration, its seeded RNG, its processor chain (with any
+/// per-sequence state, such as mirostat's `mu`) and its scratch buffers;
+/// after the first call, [`Sampler::sample`] allocates nothing (the buffers
+/// keep their capacity).
 ///
-/// The default chain is llama.cpp's order:
+/// The chain is built from the config as llama.cpp's `common_sampler_init`
+/// does: a logit-bias stage first if any bias is set, then either the named
+/// `samplers` (default [`crate::DEFAULT_CHAIN`]: penalties -> dry ->
+/// top_n_sigma -> top_k -> typ_p -> top_p -> min_p -> xtc -> temperature) or,
+/// with `mirostat` 1 or 2, penalties -> temperature -> mirostat. Then the
+/// softmax of what is left, and one draw with the seeded RNG.
 ///
-/// 1. repetition penalty (on the raw logits, by token id)
-/// 2. top-k
-/// 3. top-p
-/// 4. min-p
-/// 5. temperature
-/// 6. softmax of what is left, and one draw with the seeded RNG.
-///
-/// Greedy decoding (`temperature <= 0`) runs only the processors that can
-/// change the argmax (here: the repetition penalty) and returns the argmax,
-/// ties to the lowest id; it never touches the RNG.
+/// Greedy decoding (`temperature <= 0`) runs only the stages that can
+/// change the argmax (penalties, DRY, logit bias, typical, XTC) and returns
+/// the argmax, ties to the lowest id; the draw's RNG is never touched.
 pub struct Sampler {
     config: SamplerConfig,
     /// `Some` if `config` failed validation: every `sample` returns it.
@@ -35,7 +37,9 @@ pub struct Sampler {
     rng: Rng,
     chain: Vec<Box<dyn LogitsProcessor>>,
     cands: Candidates,
-    weights: Vec<f64>,
+    weights: Vec<f32>,
+    /// Report scratch: the model's probability of each token, by id.
+    base: Vec<f64>,
 }
 
 impl fmt::Debug for Sampler {
@@ -48,55 +52,127 @@ impl fmt::Debug for Sampler {
     }
 }
 
+/// The processors `config` asks for (see [`Sampler`]).
+fn build_chain(config: &SamplerConfig) -> Result<Vec<Box<dyn LogitsProcessor>>, SampleError> {
+    let mut chain: Vec<Box<dyn LogitsProcessor>> = Vec::new();
+    // Bias first, unless the chain names its place explicitly.
+    let named_bias = config.mirostat == 0 && config.has_stage(LogitBias::NAME);
+    if !config.logit_bias.is_empty() && !named_bias {
+        chain.push(Box::new(LogitBias::new(&config.logit_bias)));
+    }
+    if config.mirostat == 0 {
+        for name in &config.samplers {
+            chain.push(processor_from_name(name, config)?);
+        }
+    } else {
+        chain.push(Box::new(Penalties::new(
+            config.repeat_last_n,
+            config.repeat_penalty,
+            config.frequency_penalty,
+            config.presence_penalty,
+        )));
+        // llama.cpp uses the plain temperature here, never dynatemp.
+        chain.push(Box::new(Temperature::new(config.temperature)));
+        if config.mirostat == 1 {
+            chain.push(Box::new(Mirostat::new(
+                config.mirostat_tau,
+                config.mirostat_lr,
+            )));
+        } else {
+            chain.push(Box::new(MirostatV2::new(
+                config.mirostat_tau,
+                config.mirostat_lr,
+            )));
+        }
+    }
+    Ok(chain)
+}
+
+/// Viable candidates and their mass under the model's distribution `base`.
+fn viable_mass(cands: &Candidates, base: &[f64]) -> (usize, f64) {
+    cands
+        .as_slice()
+        .iter()
+        .filter(|c| c.logit > f32::NEG_INFINITY)
+        .fold((0, 0.0), |(n, m), c| (n + 1, m + base[c.id as usize]))
+}
+
+/// Appends the report of a stage that just ran.
+fn push_stage(
+    stages: &mut Vec<StageReport>,
+    name: &'static str,
+    state: Option<(&'static str, f32)>,
+    cands: &Candidates,
+    base: &[f64],
+    before: (usize, f64),
+) -> (usize, f64) {
+    let (kept, mass) = viable_mass(cands, base);
+    // Stages only ever remove candidates, so an unchanged count is an
+    // unchanged set: report exactly zero rather than summation noise.
+    let (kept_mass, removed_mass) = if kept == before.0 {
+        (before.1, 0.0)
+    } else {
+        (mass, (before.1 - mass).max(0.0))
+    };
+    stages.push(StageReport {
+        name,
+        removed_mass,
+        kept,
+        kept_mass,
+        state,
+    });
+    (kept, kept_mass)
+}
+
 impl Sampler {
-    /// A sampler with the default chain. Never panics: an invalid `config`
-    /// is reported by every call to [`Sampler::sample`] (check it up front
-    /// with [`SamplerConfig::validate`] or use [`Sampler::with_chain`]).
+    /// A sampler for `config`. Never panics: an invalid `config` is reported
+    /// by every call to [`Sampler::sample`] (check it up front with
+    /// [`SamplerConfig::validate`] or use [`Sampler::try_new`]).
     pub fn new(config: SamplerConfig) -> Self {
-        let chain: Vec<Box<dyn LogitsProcessor>> = vec![
-            Box::new(RepetitionPenalty::new(
-                config.repeat_penalty,
-                config.repeat_last_n,
-            )),
-            Box::new(TopK::new(config.top_k)),
-            Box::new(TopP::new(config.top_p)),
-            Box::new(MinP::new(config.min_p)),
-            Box::new(Temperature::new(config.temperature)),
-        ];
-        Self::build(config, chain)
-    }
-
-    /// A sampler whose chain is the named processors, in order (see
-    /// [`crate::PROCESSOR_NAMES`]), each configured from `config`. Fails on
-    /// an invalid config or an unknown name.
-    pub fn with_chain(config: SamplerConfig, names: &[&str]) -> Result<Self, SampleError> {
-        config.validate()?;
-        let chain = names
-            .iter()
-            .map(|n| processor_from_name(n, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::build(config, chain))
-    }
-
-    /// A sampler running exactly `chain` (for processors built by hand).
-    /// `config` still supplies the seed and the greedy switch.
-    pub fn with_processors(
-        config: SamplerConfig,
-        chain: Vec<Box<dyn LogitsProcessor>>,
-    ) -> Result<Self, SampleError> {
-        config.validate()?;
-        Ok(Self::build(config, chain))
-    }
-
-    fn build(config: SamplerConfig, chain: Vec<Box<dyn LogitsProcessor>>) -> Self {
+        let (chain, invalid) = match config.validate().and_then(|()| build_chain(&config)) {
+            Ok(chain) => (chain, None),
+            Err(e) => (Vec::new(), Some(e)),
+        };
         Sampler {
-            invalid: config.validate().err(),
+            invalid,
             rng: Rng::seed_from_u64(config.seed),
             config,
             chain,
             cands: Candidates::new(),
             weights: Vec::new(),
+            base: Vec::new(),
         }
+    }
+
+    /// A sampler for `config`, or the reason the config is invalid.
+    pub fn try_new(config: SamplerConfig) -> Result<Self, SampleError> {
+        config.validate()?;
+        Ok(Self::new(config))
+    }
+
+    /// [`Sampler::try_new`] with `config.samplers` replaced by `names`
+    /// (canonical names or llama.cpp aliases, see [`crate::PROCESSOR_NAMES`]),
+    /// each configured from `config`. As in llama.cpp, `mirostat` 1 or 2
+    /// still replaces the chain. Fails on an invalid config or an unknown
+    /// name.
+    pub fn with_chain(config: SamplerConfig, names: &[&str]) -> Result<Self, SampleError> {
+        Self::try_new(SamplerConfig {
+            samplers: names.iter().map(|s| s.to_string()).collect(),
+            ..config
+        })
+    }
+
+    /// A sampler running exactly `chain` (for processors built by hand).
+    /// `config` still supplies the seed and the greedy switch; its
+    /// `samplers`, `mirostat` and `logit_bias` are not used.
+    pub fn with_processors(
+        config: SamplerConfig,
+        chain: Vec<Box<dyn LogitsProcessor>>,
+    ) -> Result<Self, SampleError> {
+        config.validate()?;
+        let mut s = Self::new(config);
+        s.chain = chain;
+        Ok(s)
     }
 
     /// The configuration this sampler was built with.
@@ -114,8 +190,18 @@ impl Sampler {
         &self.cands
     }
 
-    /// Starts a new sequence: reseeds the RNG from the config and resets
-    /// every processor's state, so the same inputs replay the same tokens.
+    /// The named state values of the chain's stages (mirostat's `mu`, the
+    /// last dynamic temperature...), in chain order.
+    pub fn stage_states(&self) -> Vec<(&'static str, (&'static str, f32))> {
+        self.chain
+            .iter()
+            .filter_map(|p| p.state().map(|s| (p.name(), s)))
+            .collect()
+    }
+
+    /// Starts a new sequence: reseeds the RNGs from the config and resets
+    /// every processor's state (mirostat's `mu` back to `2 * tau`), so the
+    /// same inputs replay the same tokens.
     pub fn reset(&mut self) {
         self.rng = Rng::seed_from_u64(self.config.seed);
         for p in &mut self.chain {
@@ -124,7 +210,7 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits`, given the `history` of tokens so
-    /// far (for penalties).
+    /// far (prompt included, oldest first; for penalties and DRY).
     ///
     /// The row is copied into the sampler's candidates buffer and is
     /// currently left unchanged, but callers must not rely on that: the
@@ -134,6 +220,45 @@ impl Sampler {
     /// is `-inf`/NaN. Never panics; NaN logits count as `-inf` and `+inf`
     /// logits share all the probability.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Result<u32, SampleError> {
+        self.run(logits, history, None).map(|(t, _)| t)
+    }
+
+    /// [`Sampler::sample`] plus telemetry: the token's log-probability,
+    /// rank, entropy (nats and bits) and varentropy under the model's own
+    /// distribution (temperature 1, before any stage), its `top_logprobs`
+    /// most likely alternatives, and for each stage the probability mass
+    /// of that distribution it removed. Draws exactly as `sample` does (same
+    /// seed, same tokens), at the cost of a few extra passes over the row
+    /// and some allocation.
+    pub fn sample_with_report(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        top_logprobs: usize,
+    ) -> Result<(u32, SampleReport), SampleError> {
+        let mut stages = Vec::with_capacity(self.chain.len() + 1);
+        let mut moments = None;
+        let (token, prob) = self.run(logits, history, Some((&mut stages, &mut moments)))?;
+        let token_report = match &moments {
+            Some(m) => token_report_with(logits, token, top_logprobs, m),
+            None => token_report(logits, token, top_logprobs),
+        };
+        let report = SampleReport {
+            token: token_report,
+            stages,
+            sampled_prob: prob,
+        };
+        Ok((token, report))
+    }
+
+    /// The chain and the draw; returns the token and its probability under
+    /// the final distribution. Stage reports are collected only if asked.
+    fn run(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        report: Option<(&mut Vec<StageReport>, &mut Option<Moments>)>,
+    ) -> Result<(u32, f64), SampleError> {
         if let Some(e) = &self.invalid {
             return Err(e.clone());
         }
@@ -145,17 +270,47 @@ impl Sampler {
             return Err(SampleError::NoViableToken);
         }
         self.cands.fill(logits);
+        // Sized for the whole row once, so a later token that keeps more
+        // candidates than the first never reallocates.
+        self.weights.clear();
+        self.weights.reserve(logits.len());
         let greedy = self.config.is_greedy();
-        let ctx = SampleContext::new(history);
+        let ctx = SampleContext::new(history).with_vocab(logits.len());
+
+        let mut viable = (0, 0.0);
+        let mut stages = None;
+        if let Some((st, moments)) = report {
+            // One exact pass gives the model's probabilities (for the stage
+            // masses) and the statistics of the token report.
+            *moments = Some(moments_and_probs(logits, &mut self.base));
+            viable = viable_mass(&self.cands, &self.base);
+            stages = Some(st);
+        }
         for p in &mut self.chain {
-            if !(greedy && p.preserves_argmax()) {
-                p.process(&mut self.cands, &ctx);
+            if greedy && p.preserves_argmax() {
+                continue;
+            }
+            p.process(&mut self.cands, &ctx);
+            if let Some(st) = stages.as_deref_mut() {
+                viable = push_stage(st, p.name(), p.state(), &self.cands, &self.base, viable);
             }
         }
 
-        let token = if greedy {
+        let (token, prob) = if greedy {
             match self.cands.best() {
-                Some(c) if c.logit > f32::NEG_INFINITY => c.id,
+                Some(c) if c.logit > f32::NEG_INFINITY => {
+                    if let Some(st) = stages.as_deref_mut() {
+                        let kept_mass = self.base[c.id as usize];
+                        st.push(StageReport {
+                            name: "greedy",
+                            removed_mass: (viable.1 - kept_mass).max(0.0),
+                            kept: 1,
+                            kept_mass,
+                            state: None,
+                        });
+                    }
+                    (c.id, 1.0)
+                }
                 _ => return Err(SampleError::NoViableToken),
             }
         } else {
@@ -163,32 +318,55 @@ impl Sampler {
         };
 
         for p in &mut self.chain {
-            p.accept(token, &self.cands);
+            p.accept(token, prob);
         }
-        Ok(token)
+        Ok((token, prob))
     }
 
     /// One draw from the softmax of the remaining candidates: inverse CDF
-    /// with a uniform `u` in `[0, total)`, weights in `f64`.
-    fn draw(&mut self) -> Result<u32, SampleError> {
-        let total = self.cands.softmax_weights(&mut self.weights);
+    /// with a uniform `u` in `[0, total)`, weights from the vectorised `exp`
+    /// and sums in `f64`. Returns the token and its probability.
+    fn draw(&mut self) -> Result<(u32, f64), SampleError> {
+        let total = self.cands.draw_weights(&mut self.weights);
         if !(total > 0.0 && total.is_finite()) {
             return Err(SampleError::NoViableToken);
         }
         let u = self.rng.next_f64() * total;
+        let cands = self.cands.as_slice();
+        // Skip whole blocks whose sum stays below `u` (vectorised sums),
+        // then walk the block that crosses it.
+        const BLOCK: usize = 64;
         let mut cum = 0.0;
+        let mut start = 0;
+        for block in self.weights.chunks(BLOCK) {
+            let s = fastmath::sum_f64(block);
+            if cum + s > u {
+                break;
+            }
+            cum += s;
+            start += block.len();
+        }
         let mut last_viable = None;
-        for (c, &w) in self.cands.as_slice().iter().zip(&self.weights) {
+        for (c, &w) in cands[start..].iter().zip(&self.weights[start..]) {
             if w > 0.0 {
+                let w = f64::from(w);
                 cum += w;
-                last_viable = Some(c.id);
+                last_viable = Some((c.id, w / total));
                 if u < cum {
-                    return Ok(c.id);
+                    return Ok((c.id, w / total));
                 }
             }
         }
         // Rounding can leave `cum` a hair below `u`; the mass then belongs to
         // the last token with non-zero weight.
+        if last_viable.is_none() {
+            last_viable = cands
+                .iter()
+                .zip(&self.weights)
+                .rev()
+                .find(|(_, &w)| w > 0.0)
+                .map(|(c, &w)| (c.id, f64::from(w) / total));
+        }
         last_viable.ok_or(SampleError::NoViableToken)
     }
 }

@@ -17,7 +17,11 @@
 //! Sums are accumulated in `f64`: over a 150k-entry vocabulary an `f32` sum
 //! loses several digits, which shows up directly in entropy and logprobs.
 
+#[cfg(test)]
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::candidates::{rank_key, smallest_keys};
 
 /// Statistics of one token under the softmax of a logits row.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,8 +46,10 @@ pub(crate) fn sanitize(x: f32) -> f32 {
 
 /// The canonical order: larger (sanitised) logit first, then lower id.
 /// `-0.0` and `0.0` compare equal, as they do for `>`, so this agrees with
-/// [`argmax`]. It is a strict total order over distinct ids.
-#[inline]
+/// [`argmax`]. It is a strict total order over distinct ids. This is the
+/// reference definition; the code uses the equivalent integer
+/// `candidates::rank_key`, tested against it.
+#[cfg(test)]
 pub(crate) fn cmp_desc(a_id: u32, a: f32, b_id: u32, b: f32) -> Ordering {
     sanitize(b)
         .partial_cmp(&sanitize(a))
@@ -100,15 +106,93 @@ impl Normalizer {
     }
 }
 
+/// The normaliser, entropy and varentropy of a row in one pass of `exp`
+/// (exact `f64`): with `d = x - max`, `S0 = sum e^d`, `S1 = sum e^d d` and
+/// `S2 = sum e^d d^2`, the surprisal is `ln S0 - d`, so
+/// `H = ln S0 - S1/S0` and `Var = S2/S0 - (S1/S0)^2` (the variance of `d`).
+/// `S0` is summed in the same order as [`Normalizer::of`], so log-probs
+/// agree bit for bit with [`log_softmax`].
+pub(crate) struct Moments {
+    pub(crate) norm: Normalizer,
+    entropy: f64,
+    varentropy: f64,
+}
+
+fn moments(logits: &[f32]) -> Moments {
+    moments_impl(logits, None)
+}
+
+/// [`moments`], also writing every token's probability into `probs`
+/// (cleared first): one `exp` pass serves both.
+pub(crate) fn moments_and_probs(logits: &[f32], probs: &mut Vec<f64>) -> Moments {
+    probs.clear();
+    let m = moments_impl(logits, Some(&mut *probs));
+    match m.norm {
+        Normalizer::Finite { ln_sum, .. } => {
+            let z = ln_sum.exp();
+            probs.iter_mut().for_each(|w| *w /= z);
+        }
+        _ => {
+            probs.clear();
+            probs.extend(logits.iter().map(|&x| m.norm.logprob(x).exp()));
+        }
+    }
+    m
+}
+
+fn moments_impl(logits: &[f32], mut weights: Option<&mut Vec<f64>>) -> Moments {
+    let max = logits
+        .iter()
+        .map(|&x| sanitize(x))
+        .fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return Moments {
+            norm: Normalizer::Undefined,
+            entropy: f64::NAN,
+            varentropy: f64::NAN,
+        };
+    }
+    if max == f32::INFINITY {
+        let count = logits.iter().filter(|&&x| x == f32::INFINITY).count();
+        return Moments {
+            norm: Normalizer::Infinite { count },
+            entropy: (count as f64).ln(),
+            varentropy: 0.0,
+        };
+    }
+    let max = f64::from(max);
+    let (mut s0, mut s1, mut s2) = (0.0f64, 0.0f64, 0.0f64);
+    for &x in logits {
+        let d = f64::from(sanitize(x)) - max;
+        let w = d.exp();
+        if let Some(ws) = weights.as_deref_mut() {
+            ws.push(w);
+        }
+        s0 += w;
+        // p = 0 contributes 0, not 0 * -inf = NaN.
+        if w > 0.0 {
+            s1 += w * d;
+            s2 += w * d * d;
+        }
+    }
+    let ln_sum = s0.ln();
+    let mean = s1 / s0;
+    Moments {
+        norm: Normalizer::Finite { max, ln_sum },
+        // Rounding can leave a one-hot row at -1e-17; both are >= 0.
+        entropy: (ln_sum - mean).max(0.0),
+        varentropy: (s2 / s0 - mean * mean).max(0.0),
+    }
+}
+
 /// Entropy given the row's normaliser: `H = -sum p ln p`.
-fn entropy_with(logits: &[f32], norm: &Normalizer) -> f64 {
+pub(crate) fn entropy_of(logits: impl Iterator<Item = f32>, norm: &Normalizer) -> f64 {
     match *norm {
         Normalizer::Undefined => f64::NAN,
         Normalizer::Infinite { count } => (count as f64).ln(),
         Normalizer::Finite { .. } => {
             let h: f64 = logits
-                .iter()
-                .map(|&x| {
+                .map(|x| {
                     let lp = norm.logprob(x);
                     // p = 0 contributes 0 (the limit of p ln p), not 0 * -inf = NaN.
                     if lp == f64::NEG_INFINITY {
@@ -147,8 +231,91 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
 /// Entropy of `softmax(logits)` in nats: 0 for a one-hot row, `ln n` for a
 /// uniform one. NaN for an empty row or one with no entry above `-inf`.
 pub fn entropy(logits: &[f32]) -> f32 {
-    let norm = Normalizer::of(logits.iter().copied());
-    entropy_with(logits, &norm) as f32
+    moments(logits).entropy as f32
+}
+
+/// Varentropy of `softmax(logits)`: the variance of the surprisal `-ln p`
+/// of a token drawn from it, in nats squared. 0 for one-hot and uniform rows
+/// (every drawable token is equally surprising); large when a few likely
+/// tokens sit beside a long tail of unlikely ones. NaN when no distribution
+/// exists.
+pub fn varentropy(logits: &[f32]) -> f32 {
+    moments(logits).varentropy as f32
+}
+
+/// Everything the model's own distribution (temperature 1, before any
+/// sampler stage) says about one chosen token: its log-probability and rank,
+/// the entropy and varentropy of the distribution, and the most likely
+/// alternatives. See [`token_report`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenReport {
+    /// The token.
+    pub id: u32,
+    /// Natural log of its probability (`<= 0`).
+    pub logprob: f32,
+    /// Entropy of the distribution, in nats.
+    pub entropy: f32,
+    /// The same entropy in bits (`entropy / ln 2`).
+    pub entropy_bits: f32,
+    /// Variance of the surprisal `-ln p` under the distribution (nats^2).
+    pub varentropy: f32,
+    /// Position of the token in descending order (0 = the argmax), ties by id.
+    pub rank: usize,
+    /// The most likely tokens as `(id, logprob)`, best first (as
+    /// [`top_k_logprobs`]); empty when none were asked for.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenReport {
+    /// The token's surprisal in bits, `-log2 p` (what mirostat's tau targets).
+    pub fn surprise_bits(&self) -> f32 {
+        -self.logprob / std::f32::consts::LN_2
+    }
+}
+
+/// The [`TokenReport`] of `token` under `softmax(logits)`, with the `top_k`
+/// most likely alternatives. O(n) plus a `top_k` selection.
+///
+/// # Panics
+/// If `token` is not an index of `logits` (as [`token_stats`]).
+pub fn token_report(logits: &[f32], token: u32, top_k: usize) -> TokenReport {
+    let t = token as usize;
+    assert!(
+        t < logits.len(),
+        "token_report: token {token} out of range for {} logits",
+        logits.len()
+    );
+    token_report_with(logits, token, top_k, &moments(logits))
+}
+
+/// [`token_report`] with the row's moments already computed.
+pub(crate) fn token_report_with(
+    logits: &[f32],
+    token: u32,
+    top_k: usize,
+    m: &Moments,
+) -> TokenReport {
+    let xt = logits[token as usize];
+    let h = m.entropy;
+    TokenReport {
+        id: token,
+        logprob: m.norm.logprob(xt) as f32,
+        entropy: h as f32,
+        entropy_bits: (h / std::f64::consts::LN_2) as f32,
+        varentropy: m.varentropy as f32,
+        rank: rank_of(logits, token),
+        top: top_k_with(logits, top_k, &m.norm),
+    }
+}
+
+/// How many entries come before `token` in the canonical order.
+fn rank_of(logits: &[f32], token: u32) -> usize {
+    let kt = rank_key(token, logits[token as usize]);
+    logits
+        .iter()
+        .enumerate()
+        .filter(|&(j, &x)| rank_key(j as u32, x) < kt)
+        .count()
 }
 
 /// Log-probability, distribution entropy and rank of `token` in one call
@@ -168,17 +335,11 @@ pub fn token_stats(logits: &[f32], token: u32) -> TokenStats {
         "token_stats: token {token} out of range for {} logits",
         logits.len()
     );
-    let norm = Normalizer::of(logits.iter().copied());
-    let xt = logits[t];
-    let rank = logits
-        .iter()
-        .enumerate()
-        .filter(|&(j, &x)| cmp_desc(j as u32, x, token, xt) == Ordering::Less)
-        .count();
+    let m = moments(logits);
     TokenStats {
-        logprob: norm.logprob(xt) as f32,
-        entropy: entropy_with(logits, &norm) as f32,
-        rank,
+        logprob: m.norm.logprob(logits[t]) as f32,
+        entropy: m.entropy as f32,
+        rank: rank_of(logits, token),
     }
 }
 
@@ -209,19 +370,40 @@ pub fn argmax(logits: &[f32]) -> u32 {
 ///
 /// If the row has no entry above `-inf`, the logprobs are NaN.
 pub fn top_k_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k == 0 || logits.is_empty() {
+        return Vec::new();
+    }
+    top_k_with(logits, k, &Normalizer::of(logits.iter().copied()))
+}
+
+/// [`top_k_logprobs`] with the normaliser already known. Small `k`: one
+/// pass with a bounded heap of rank keys; large `k`: a selection.
+fn top_k_with(logits: &[f32], k: usize, norm: &Normalizer) -> Vec<(u32, f32)> {
     let k = k.min(logits.len());
     if k == 0 {
         return Vec::new();
     }
-    let order = |&a: &u32, &b: &u32| cmp_desc(a, logits[a as usize], b, logits[b as usize]);
-    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
-    if k < ids.len() {
-        ids.select_nth_unstable_by(k - 1, order);
-        ids.truncate(k);
-    }
-    ids.sort_unstable_by(order);
-    let norm = Normalizer::of(logits.iter().copied());
-    ids.into_iter()
-        .map(|id| (id, norm.logprob(logits[id as usize]) as f32))
+    let keys = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| rank_key(i as u32, x));
+    let mut best: Vec<u64> = if k.saturating_mul(16) <= logits.len() {
+        let mut heap = BinaryHeap::with_capacity(k);
+        smallest_keys(keys, k, &mut heap);
+        heap.into_vec()
+    } else {
+        let mut all: Vec<u64> = keys.collect();
+        if k < all.len() {
+            all.select_nth_unstable(k - 1);
+            all.truncate(k);
+        }
+        all
+    };
+    best.sort_unstable();
+    best.into_iter()
+        .map(|key| {
+            let id = key as u32;
+            (id, norm.logprob(logits[id as usize]) as f32)
+        })
         .collect()
 }

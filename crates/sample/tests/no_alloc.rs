@@ -60,6 +60,34 @@ fn no_allocation_per_token_after_the_first() {
             repeat_penalty: 1.3,
             ..SamplerConfig::default()
         },
+        // Every other stage, on.
+        SamplerConfig {
+            typical_p: 0.9,
+            top_n_sigma: 2.0,
+            xtc_probability: 0.5,
+            xtc_threshold: 0.05,
+            dynatemp_range: 0.5,
+            frequency_penalty: 0.1,
+            presence_penalty: 0.2,
+            dry_multiplier: 0.8,
+            dry_sequence_breakers: vec![vec![5], vec![7, 8]],
+            logit_bias: vec![(3, -1.0), (9, 2.0)],
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            epsilon: 0.0001,
+            eta: 0.0005,
+            samplers: ["epsilon", "eta", "greedy"].map(String::from).to_vec(),
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            mirostat: 1,
+            ..SamplerConfig::default()
+        },
+        SamplerConfig {
+            mirostat: 2,
+            ..SamplerConfig::default()
+        },
     ];
     for config in configs {
         let mut s = Sampler::new(config.clone());

@@ -29,7 +29,7 @@ fn weird_f32(range: std::ops::Range<f32>) -> impl Strategy<Value = f32> {
 }
 
 fn config() -> impl Strategy<Value = SamplerConfig> {
-    (
+    let base = (
         weird_f32(-1.0..5.0),
         prop_oneof![Just(0usize), 1usize..8, Just(usize::MAX)],
         weird_f32(-0.5..1.5),
@@ -37,20 +37,73 @@ fn config() -> impl Strategy<Value = SamplerConfig> {
         any::<u64>(),
         weird_f32(-1.0..4.0),
         prop_oneof![Just(0usize), 1usize..8, Just(usize::MAX)],
+    );
+    let more = (
+        weird_f32(-0.5..1.5),                                          // typical_p
+        weird_f32(-1.0..3.0),                                          // top_n_sigma
+        weird_f32(-0.1..0.5),                                          // epsilon
+        weird_f32(-0.1..0.5),                                          // eta
+        weird_f32(-0.5..1.5),                                          // xtc_probability
+        weird_f32(-0.1..0.7),                                          // xtc_threshold
+        0u8..4,                                                        // mirostat
+        weird_f32(-1.0..8.0),                                          // mirostat_tau
+        weird_f32(-0.5..1.0),                                          // dynatemp_range
+        weird_f32(-1.0..3.0),                                          // dry_multiplier
+        prop::collection::vec((0u32..50, weird_f32(-5.0..5.0)), 0..3), // logit_bias
+        prop::sample::select(vec![
+            "penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature",
+            "epsilon;eta;temperature",
+            "xtc;greedy",
+            "mirostat_v2",
+            "mirostat;top_k",
+            "",
+        ]),
+    );
+    (base, more).prop_map(
+        |(
+            (temperature, top_k, top_p, min_p, seed, repeat_penalty, repeat_last_n),
+            (
+                typical_p,
+                top_n_sigma,
+                epsilon,
+                eta,
+                xtc_probability,
+                xtc_threshold,
+                mirostat,
+                mirostat_tau,
+                dynatemp_range,
+                dry_multiplier,
+                logit_bias,
+                chain,
+            ),
+        )| SamplerConfig {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            seed,
+            repeat_penalty,
+            repeat_last_n,
+            typical_p,
+            top_n_sigma,
+            epsilon,
+            eta,
+            xtc_probability,
+            xtc_threshold,
+            mirostat,
+            mirostat_tau,
+            dynatemp_range,
+            dry_multiplier,
+            dry_sequence_breakers: vec![vec![3], vec![4, 5]],
+            logit_bias,
+            samplers: chain
+                .split(';')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            ..SamplerConfig::default()
+        },
     )
-        .prop_map(
-            |(temperature, top_k, top_p, min_p, seed, repeat_penalty, repeat_last_n)| {
-                SamplerConfig {
-                    temperature,
-                    top_k,
-                    top_p,
-                    min_p,
-                    seed,
-                    repeat_penalty,
-                    repeat_last_n,
-                }
-            },
-        )
 }
 
 proptest! {
@@ -63,6 +116,8 @@ proptest! {
         config in config(),
     ) {
         let valid = config.validate().is_ok();
+        // A -inf logit bias may ban the only viable token.
+        let bans = config.logit_bias.iter().any(|&(_, b)| b == f32::NEG_INFINITY);
         let mut s = Sampler::new(config);
         let viable = logits.iter().any(|&x| x > f32::NEG_INFINITY);
         for _ in 0..3 {
@@ -74,9 +129,13 @@ proptest! {
                     // Never a masked token (NaN or -inf), whatever the chain did.
                     prop_assert!(logits[id as usize] > f32::NEG_INFINITY);
                 }
-                Err(SampleError::InvalidConfig { .. }) => prop_assert!(!valid),
+                Err(
+                    SampleError::InvalidConfig { .. }
+                    | SampleError::EmptyChain
+                    | SampleError::StageNotInChain { .. },
+                ) => prop_assert!(!valid),
                 Err(SampleError::EmptyLogits) => prop_assert!(valid && logits.is_empty()),
-                Err(SampleError::NoViableToken) => prop_assert!(valid && !viable),
+                Err(SampleError::NoViableToken) => prop_assert!(valid && (!viable || bans)),
                 Err(e) => prop_assert!(false, "unexpected error {e}"),
             }
         }

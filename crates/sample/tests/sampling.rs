@@ -7,7 +7,7 @@
 //! points (alpha = 0.001) for the stated degrees of freedom.
 
 use sample::{
-    Candidates, LogitsProcessor, MinP, RepetitionPenalty, SampleContext, SampleError, Sampler,
+    Candidates, LogitsProcessor, MinP, Penalties, SampleContext, SampleError, Sampler,
     SamplerConfig, TopP, DEFAULT_CHAIN, PROCESSOR_NAMES,
 };
 
@@ -309,7 +309,7 @@ fn greedy_is_argmax_with_lowest_index_ties() {
 
 #[test]
 fn repetition_penalty_follows_llama_cpp() {
-    let mut p = RepetitionPenalty::new(2.0, 64);
+    let mut p = Penalties::repetition(2.0, 64);
     let mut c = Candidates::new();
     c.fill(&[2.0, -1.0, 0.5, 3.0, 0.0]);
     // Token 0 twice: penalised once. Token 99 is outside the vocabulary.
@@ -319,14 +319,14 @@ fn repetition_penalty_follows_llama_cpp() {
     assert_eq!(got, vec![1.0, -2.0, 0.5, 3.0, 0.0]);
 
     // Only the last `last_n` history tokens count.
-    let mut p = RepetitionPenalty::new(2.0, 1);
+    let mut p = Penalties::repetition(2.0, 1);
     c.fill(&[2.0, -1.0, 0.5]);
     p.process(&mut c, &SampleContext::new(&[0, 1, 2]));
     let got: Vec<f32> = c.as_slice().iter().map(|c| c.logit).collect();
     assert_eq!(got, vec![2.0, -1.0, 0.25]);
 
     // A penalty below 1 rewards repeats.
-    let mut p = RepetitionPenalty::new(0.5, 64);
+    let mut p = Penalties::repetition(0.5, 64);
     c.fill(&[2.0, -1.0]);
     p.process(&mut c, &SampleContext::new(&[0, 1]));
     let got: Vec<f32> = c.as_slice().iter().map(|c| c.logit).collect();
@@ -509,10 +509,17 @@ fn validate_rejects_bad_settings_with_clear_messages() {
 fn chain_by_name() {
     let s = Sampler::new(cfg());
     assert_eq!(s.processor_names(), DEFAULT_CHAIN.to_vec());
-    assert_eq!(PROCESSOR_NAMES.len(), DEFAULT_CHAIN.len());
+    // llama.cpp's default `--samplers`, exactly.
+    assert_eq!(
+        DEFAULT_CHAIN.join(";"),
+        "penalties;dry;top_n_sigma;top_k;typ_p;top_p;min_p;xtc;temperature"
+    );
+    for name in DEFAULT_CHAIN {
+        assert!(PROCESSOR_NAMES.contains(name));
+    }
 
-    let err = Sampler::with_chain(cfg(), &["top_k", "mirostat"]).unwrap_err();
-    assert_eq!(err, SampleError::UnknownProcessor("mirostat".into()));
+    let err = Sampler::with_chain(cfg(), &["top_k", "beam_search"]).unwrap_err();
+    assert_eq!(err, SampleError::UnknownProcessor("beam_search".into()));
     assert!(err.to_string().contains("top_p"), "{err}");
 
     // A chain with only top_k: the other settings are ignored.
