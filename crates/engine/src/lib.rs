@@ -13,9 +13,11 @@
 //! Errors are [`EngineError`]s with one-line messages; nothing here panics on user
 //! input (over-long prompts, bad sampler settings, a context that fills up).
 
+pub mod lookahead;
 mod session;
 mod stop;
 
+pub use lookahead::{entropy_quantile, LookaheadConfig, LookaheadStats};
 pub use session::{
     Generation, GenerationParams, GenerationStats, PrefillInfo, Session, StopReason, TokenEvent,
     DEFAULT_PREFILL_CHUNK,

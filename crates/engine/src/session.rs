@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use model::tokenizer::TextStream;
 use model::{Batch, LoadedModel, ModelError, SequenceState};
-use sample::{token_stats, top_k_logprobs, Sampler, SamplerConfig};
+use sample::{argmax, token_stats, top_k_logprobs, Sampler, SamplerConfig};
 
+use crate::lookahead::{LookaheadConfig, LookaheadStats};
 use crate::stop::StopMatcher;
 use crate::{EngineError, Result};
 
@@ -30,6 +31,9 @@ pub struct GenerationParams {
     /// Stop as soon as the generated text contains one of these; the stop string and
     /// anything after it are not shown.
     pub stop: Vec<String>,
+    /// Uncertainty-guided lookahead (AdaDec): at uncertain steps the token is chosen by
+    /// a short greedy lookahead instead of by the sampler. `None` = off.
+    pub lookahead: Option<LookaheadConfig>,
 }
 
 impl Default for GenerationParams {
@@ -41,6 +45,7 @@ impl Default for GenerationParams {
             stop_at_eog: true,
             top_logprobs: 0,
             stop: Vec::new(),
+            lookahead: None,
         }
     }
 }
@@ -115,6 +120,9 @@ pub struct GenerationStats {
     /// time spent in the caller's callback (printing) is excluded.
     pub decode_secs: f64,
     pub stop_reason: StopReason,
+    /// Pauses and extra work of uncertainty-guided lookahead (zero when off). Its
+    /// forward passes are included in `decode_secs` but not in `decode_steps`.
+    pub lookahead: LookaheadStats,
 }
 
 impl GenerationStats {
@@ -322,6 +330,10 @@ impl<'m> Session<'m> {
         mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<Generation> {
         params.sampler.validate()?;
+        if let Some(la) = &params.lookahead {
+            la.validate()?;
+        }
+        let mut lookahead_stats = LookaheadStats::default();
         let mut sampler = Sampler::new(params.sampler.clone());
 
         let t_prefill = Instant::now();
@@ -343,7 +355,14 @@ impl<'m> Session<'m> {
         for index in 0..params.max_tokens {
             work.clear();
             work.extend_from_slice(&self.logits);
-            let id = sampler.sample(&mut work, &history)?;
+            let pause = params
+                .lookahead
+                .as_ref()
+                .filter(|la| sample::entropy(&self.logits) > la.entropy_threshold);
+            let id = match pause {
+                Some(la) => self.lookahead_choice(la, &mut lookahead_stats)?,
+                None => sampler.sample(&mut work, &history)?,
+            };
             let stats = token_stats(&self.logits, id);
             let top = if params.top_logprobs > 0 {
                 top_k_logprobs(&self.logits, params.top_logprobs)
@@ -419,10 +438,58 @@ impl<'m> Session<'m> {
                 decode_steps,
                 decode_secs: decode.as_secs_f64(),
                 stop_reason,
+                lookahead: lookahead_stats,
             },
             tokens: generated,
             text,
         })
+    }
+
+    /// The AdaDec choice at an uncertain step (see [`crate::lookahead`]): each of the
+    /// `top_k` most likely next tokens is extended greedily to a `depth`-token sequence
+    /// (fewer when the context would overflow) and the candidate with the most likely
+    /// sequence wins, ties going to the more likely candidate. The cache and logits
+    /// are restored afterwards.
+    fn lookahead_choice(
+        &mut self,
+        la: &LookaheadConfig,
+        stats: &mut LookaheadStats,
+    ) -> Result<u32> {
+        let start = Instant::now();
+        let base_len = self.tokens.len();
+        let saved_logits = std::mem::take(&mut self.logits);
+        let candidates = top_k_logprobs(&saved_logits, la.top_k);
+        // `depth - 1` forward passes per candidate, each taking a cache slot.
+        let depth = la.depth.min(self.n_ctx() - base_len + 1);
+        let mut best: Option<(u32, f64)> = None;
+        for &(candidate, logprob) in &candidates {
+            let mut score = f64::from(logprob);
+            let mut last = candidate;
+            for _ in 1..depth {
+                let step = self.forward(&[last]);
+                if let Err(e) = step {
+                    self.truncate(base_len);
+                    self.logits = saved_logits;
+                    return Err(e);
+                }
+                stats.forwards += 1;
+                let next = argmax(&self.logits);
+                score += f64::from(token_stats(&self.logits, next).logprob);
+                last = next;
+            }
+            self.truncate(base_len);
+            if best.is_none_or(|(_, s)| score > s) {
+                best = Some((candidate, score));
+            }
+        }
+        self.logits = saved_logits;
+        let chosen = best.map_or_else(|| argmax(&self.logits), |(id, _)| id);
+        stats.pauses += 1;
+        if chosen != argmax(&self.logits) {
+            stats.changed += 1;
+        }
+        stats.secs += start.elapsed().as_secs_f64();
+        Ok(chosen)
     }
 
     /// One forward call: appends `ids` at the next positions and keeps the logits.

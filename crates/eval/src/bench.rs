@@ -392,7 +392,7 @@ pub fn markdown_section(
         .map_or_else(|| "unknown".to_string(), mib);
     format!(
         "\n## {date}: {file}\n\n\
-         - machine: {cpu}, {n} logical CPUs, Linux {kernel}\n\
+         - machine: {machine}\n\
          - command: `{cmd}`\n\
          - commit: {commit}\n\
          - model: `{file}`, {size}\n\
@@ -400,9 +400,7 @@ pub fn markdown_section(
          - llama.cpp: {note}\n\n\
          {table}",
         date = ctx.date,
-        cpu = ctx.machine.cpu_model,
-        n = ctx.machine.n_cpus,
-        kernel = ctx.machine.kernel,
+        machine = ctx.machine.describe(),
         cmd = ctx.command,
         commit = ctx.commit.unwrap_or("unknown"),
         size = mib(report.model_bytes),
@@ -505,6 +503,7 @@ mod tests {
             cpu_model: "CPU X".into(),
             n_cpus: 2,
             kernel: "6.1".into(),
+            simd: vec!["avx2".into()],
         };
         let ctx = RunContext {
             date: "2025-01-02",

@@ -4,6 +4,10 @@
 //!   second half of each scored) so that its figure can be compared digit for digit with
 //!   llama.cpp's on the same GGUF file; it adds bits per byte, which, unlike perplexity,
 //!   compares models with different tokenizers.
+//! - [`score`] scores every token of a text (log-probability, entropy, varentropy,
+//!   rank) in one pass, and from it perplexity and the Fast-DetectGPT criterion.
+//! - [`detect`] evaluates that criterion as a machine-text detector (AUROC of human
+//!   passages against the model's own continuations of their first sentence).
 //! - [`bench`] measures prefill and decode throughput the way `llama-bench` does
 //!   (random tokens from an empty cache, a warm-up run, mean ± sd over repetitions).
 //! - [`llama_bench`] runs llama.cpp's `llama-bench` and parses its JSON, so both engines
@@ -15,8 +19,10 @@
 //! reports progress through callbacks and returns plain data. The CLI formats.
 
 pub mod bench;
+pub mod detect;
 pub mod llama_bench;
 pub mod perplexity;
+pub mod score;
 pub mod sysinfo;
 
 pub use bench::{
@@ -24,6 +30,7 @@ pub use bench::{
 };
 pub use llama_bench::{parse_llama_bench_json, run_llama_bench, LlamaBenchRow};
 pub use perplexity::{perplexity, PerplexityReport};
+pub use score::{auroc, score_text, SamplingDiscrepancy, ScoreReport, ScoredToken};
 
 /// Everything that can go wrong in an evaluation. Messages are one line.
 #[derive(Debug, thiserror::Error)]

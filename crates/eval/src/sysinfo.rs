@@ -13,6 +13,8 @@ pub struct MachineInfo {
     pub n_cpus: usize,
     /// `/proc/sys/kernel/osrelease`.
     pub kernel: String,
+    /// The SIMD extensions that matter to the kernels (of those the CPU flags list).
+    pub simd: Vec<String>,
 }
 
 impl MachineInfo {
@@ -24,8 +26,48 @@ impl MachineInfo {
             kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
+            simd: simd_flags(&cpuinfo),
         }
     }
+
+    /// One line: CPU, logical CPUs, kernel, SIMD extensions.
+    pub fn describe(&self) -> String {
+        let simd = if self.simd.is_empty() {
+            String::new()
+        } else {
+            format!(", SIMD: {}", self.simd.join(" "))
+        };
+        format!(
+            "{}, {} logical CPUs, Linux {}{simd}",
+            self.cpu_model, self.n_cpus, self.kernel
+        )
+    }
+}
+
+/// The flags of the first processor in a `/proc/cpuinfo` text that the quantised
+/// kernels (ours or llama.cpp's) can use, in a fixed order.
+pub fn simd_flags(cpuinfo: &str) -> Vec<String> {
+    const KNOWN: [&str; 8] = [
+        "avx2",
+        "fma",
+        "f16c",
+        "avx512f",
+        "avx512bw",
+        "avx512_vnni",
+        "avx_vnni",
+        "amx_int8",
+    ];
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, f)| f.split_whitespace().collect())
+        .unwrap_or_default();
+    KNOWN
+        .iter()
+        .filter(|k| flags.contains(k))
+        .map(|k| k.to_string())
+        .collect()
 }
 
 /// The first `model name` line of a `/proc/cpuinfo` text.

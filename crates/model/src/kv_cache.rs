@@ -69,6 +69,30 @@ impl KvCache {
         }
     }
 
+    /// Keeps only the slots listed in `keep` (strictly increasing slot indices), moving
+    /// them to the front in that order; everything else is dropped. Used to keep the
+    /// accepted path of a speculative token tree, and by eviction policies. Panics if
+    /// `keep` is not strictly increasing or names a slot past the end (a caller bug,
+    /// not user input).
+    pub fn retain_slots(&mut self, keep: &[usize]) {
+        assert!(
+            keep.windows(2).all(|w| w[0] < w[1]) && keep.last().is_none_or(|&s| s < self.len()),
+            "retain_slots: slots must be increasing and < {}",
+            self.len()
+        );
+        let d = self.kv_dim;
+        for (dst, &src) in keep.iter().enumerate() {
+            if dst != src {
+                self.positions[dst] = self.positions[src];
+                for l in 0..self.k.len() {
+                    self.k[l].copy_within(src * d..(src + 1) * d, dst * d);
+                    self.v[l].copy_within(src * d..(src + 1) * d, dst * d);
+                }
+            }
+        }
+        self.truncate(keep.len());
+    }
+
     /// Reserves slots for `positions` (all layers are then written by the forward pass).
     pub(crate) fn begin_append(&mut self, positions: &[usize]) {
         self.positions.extend_from_slice(positions);
@@ -106,5 +130,37 @@ impl KvCache {
     /// Bytes held by keys and values.
     pub fn memory_bytes(&self) -> usize {
         2 * self.k.len() * self.len() * self.kv_dim * std::mem::size_of::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> KvCache {
+        KvCache {
+            kv_dim: 2,
+            capacity: 8,
+            k: vec![Vec::new(); 2],
+            v: vec![Vec::new(); 2],
+            positions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn retain_slots_compacts_every_layer_and_position() {
+        let mut c = cache();
+        c.begin_append(&[0, 1, 2, 3, 3]);
+        for l in 0..2 {
+            let k: Vec<f32> = (0..10).map(|i| (l * 100 + i) as f32).collect();
+            let v: Vec<f32> = k.iter().map(|x| -x).collect();
+            c.write(l, 0, &k, &v);
+        }
+        c.retain_slots(&[0, 2, 4]);
+        assert_eq!(c.positions(), &[0, 2, 3]);
+        assert_eq!(c.keys(1), &[100.0, 101.0, 104.0, 105.0, 108.0, 109.0]);
+        assert_eq!(c.values(0), &[-0.0, -1.0, -4.0, -5.0, -8.0, -9.0]);
+        c.retain_slots(&[]);
+        assert!(c.is_empty());
     }
 }

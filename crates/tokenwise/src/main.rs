@@ -26,6 +26,12 @@ enum Command {
     Chat(cmd::chat::Args),
     /// Perplexity of a text file (llama.cpp's method) and bits per byte.
     Perplexity(cmd::perplexity::Args),
+    /// Score every token of a text: logprob, entropy, rank; perplexity and the
+    /// Fast-DetectGPT machine-text criterion.
+    Score(cmd::score::Args),
+    /// Evaluate the Fast-DetectGPT criterion as a machine-text detector (AUROC of human
+    /// passages against the model's own continuations).
+    DetectEval(cmd::detect_eval::Args),
     /// Show a model file's metadata, tensor types and sizes.
     Inspect(cmd::inspect::Args),
     /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
@@ -40,6 +46,8 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Score(a) => cmd::score::run(a),
+        Command::DetectEval(a) => cmd::detect_eval::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Models => models::list(),

@@ -210,3 +210,62 @@ fn inspect_json_reports_the_model_shape() {
     assert!(text.contains("hyper-params:  30 layers"), "{text}");
     assert!(text.contains("output_norm.weight"), "{text}");
 }
+
+/// `score --jsonl`: one record per token after the first, in order, each a valid
+/// distribution summary, and a summary whose perplexity is the records' own.
+#[test]
+fn score_jsonl_records_agree_with_the_summary() {
+    let path = smollm2_path();
+    let text = "The quick brown fox jumps over the lazy dog. It was a sunny day, \
+                and the fox was very happy.";
+    let out = tokenwise(
+        &[
+            "score",
+            "--model",
+            path.to_str().unwrap(),
+            "--jsonl",
+            "--top-logprobs",
+            "3",
+            "-",
+        ],
+        Some(text),
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let (summary, tokens) = records.split_last().unwrap();
+    let summary = &summary["summary"];
+    let n = summary["n_scored"].as_u64().unwrap() as usize;
+    assert!(n > 15, "{n} tokens scored");
+    assert_eq!(tokens.len(), n);
+    let mut nll = 0.0;
+    for (i, r) in tokens.iter().enumerate() {
+        // SmolLM2 adds no BOS, so the first token (index 0) is not scored.
+        assert_eq!(r["index"].as_u64().unwrap() as usize, i + 1);
+        let lp = r["logprob"].as_f64().unwrap();
+        let h = r["entropy"].as_f64().unwrap();
+        assert!(lp <= 0.0 && h >= 0.0 && r["varentropy"].as_f64().unwrap() >= 0.0);
+        let top = r["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        let best = top[0][2].as_f64().unwrap();
+        // The chosen token is the best one exactly when its rank is 0.
+        if r["rank"].as_u64().unwrap() == 0 {
+            assert!((best - lp).abs() < 1e-6);
+        } else {
+            assert!(best >= lp);
+        }
+        nll -= lp;
+    }
+    let ppl = (nll / n as f64).exp();
+    let reported = summary["ppl"].as_f64().unwrap();
+    assert!(
+        (ppl - reported).abs() / reported < 1e-5,
+        "{ppl} vs {reported}"
+    );
+    assert!(summary["fast_detect_gpt"]["criterion"]
+        .as_f64()
+        .unwrap()
+        .is_finite());
+}

@@ -206,3 +206,46 @@ fn bad_flags() {
         "tokenwise-no-such-prompt.txt",
     );
 }
+
+#[test]
+fn score_rejects_bad_text() {
+    let model = smollm2_path();
+    let m = model.to_str().unwrap();
+    let dir = Scratch::new("score");
+    let bad = dir.write("latin1.txt", b"caf\xe9 au lait");
+    assert_one_line_error(
+        &["score", "--model", m, bad.to_str().unwrap()],
+        "not valid UTF-8 (first bad byte at offset 3)",
+    );
+    let empty = dir.write("empty.txt", b"");
+    assert_one_line_error(
+        &["score", "--model", m, empty.to_str().unwrap()],
+        "scoring needs at least 2",
+    );
+    assert_one_line_error(
+        &["score", "--model", m, "--ctx", "2", bad.to_str().unwrap()],
+        "not valid UTF-8",
+    );
+}
+
+#[test]
+fn hugging_face_sources_fail_cleanly() {
+    // A directory that is not a checkpoint.
+    let dir = Scratch::new("hf-dir");
+    dir.write("README.md", b"not a model");
+    let d = dir.0.to_str().unwrap();
+    assert_one_line_error(&["generate", "--model", d, "--prompt", "hi"], "config.json");
+    // Without the `hub` feature, `hf:` names say how to get it.
+    if !cfg!(feature = "hub") {
+        assert_one_line_error(
+            &[
+                "generate",
+                "--model",
+                "hf:someone/some-model",
+                "--prompt",
+                "hi",
+            ],
+            "without Hub support",
+        );
+    }
+}

@@ -52,6 +52,7 @@ pub fn run(a: Args) -> Result<()> {
         stop_at_eog: true,
         top_logprobs: 0,
         stop: Vec::new(),
+        lookahead: None,
     };
     let mut session = Session::new(&loaded, n_ctx)?;
     let system: Vec<ChatMessage> = a

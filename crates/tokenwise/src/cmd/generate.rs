@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use engine::{GenerationParams, GenerationStats, SamplerConfig, Session, TokenEvent};
+use engine::{
+    GenerationParams, GenerationStats, LookaheadConfig, SamplerConfig, Session, TokenEvent,
+};
 use model::chat::ChatMessage;
 use serde_json::json;
 
@@ -47,11 +49,17 @@ pub struct Args {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub lookahead: LookaheadArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Colour each token by the entropy of the model's distribution at that step
     /// (green = confident, red = uncertain).
     #[arg(long)]
     pub show_entropy: bool,
+    /// What the colours of --show-entropy show: the entropy of the distribution, or
+    /// the sampled token's surprisal (-log p).
+    #[arg(long, value_enum, default_value_t = ColorBy::Entropy)]
+    pub color_by: ColorBy,
     /// When to use colour: auto (stdout is a terminal), always, never.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
@@ -111,9 +119,71 @@ impl SamplingArgs {
             seed,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: self.repeat_last_n,
+            ..SamplerConfig::default()
         };
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// Uncertainty-guided lookahead (AdaDec): off unless a threshold is given or calibrated.
+#[derive(clap::Args)]
+pub struct LookaheadArgs {
+    /// Pause at steps whose entropy exceeds H nats and choose the token by a greedy
+    /// lookahead over the top candidates.
+    #[arg(long, value_name = "H", conflicts_with = "lookahead_calibrate")]
+    pub lookahead_threshold: Option<f32>,
+    /// Learn the threshold from a text: the --lookahead-quantile of the model's
+    /// per-token entropy on it.
+    #[arg(long, value_name = "FILE")]
+    pub lookahead_calibrate: Option<PathBuf>,
+    /// Quantile for --lookahead-calibrate (0.9: pause at the ~10% most uncertain steps).
+    #[arg(long, value_name = "Q", default_value_t = 0.9)]
+    pub lookahead_quantile: f64,
+    /// Candidates expanded at a pause.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    pub lookahead_top_k: usize,
+    /// Tokens per candidate sequence (the candidate and depth - 1 greedy tokens).
+    #[arg(long, value_name = "L", default_value_t = 4)]
+    pub lookahead_depth: usize,
+}
+
+impl LookaheadArgs {
+    /// The lookahead settings, calibrating the threshold on a file when asked.
+    pub fn config(&self, loaded: &model::LoadedModel) -> Result<Option<LookaheadConfig>> {
+        let threshold = match (&self.lookahead_threshold, &self.lookahead_calibrate) {
+            (Some(h), _) => *h,
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let mut entropies = Vec::new();
+                eval::score_text(
+                    loaded,
+                    &text,
+                    loaded.model.config.context_length.min(1024),
+                    0,
+                    &mut |t| entropies.push(t.report.entropy),
+                    &mut |_, _| {},
+                )
+                .with_context(|| format!("calibrating on {}", file.display()))?;
+                let h = engine::entropy_quantile(&entropies, self.lookahead_quantile)?;
+                eprintln!(
+                    "lookahead threshold: {h:.3} nats (quantile {} of {} tokens of {})",
+                    self.lookahead_quantile,
+                    entropies.len(),
+                    file.display()
+                );
+                h
+            }
+            (None, None) => return Ok(None),
+        };
+        let c = LookaheadConfig {
+            entropy_threshold: threshold,
+            top_k: self.lookahead_top_k,
+            depth: self.lookahead_depth,
+        };
+        c.validate()?;
+        Ok(Some(c))
     }
 }
 
@@ -172,6 +242,7 @@ pub fn run(a: Args) -> Result<()> {
         stop_at_eog: !a.ignore_eos,
         top_logprobs: if a.jsonl { a.top_logprobs } else { 0 },
         stop: a.stop.clone(),
+        lookahead: a.lookahead.config(&loaded)?,
     };
     let colour = a.show_entropy
         && match a.color {
@@ -181,7 +252,7 @@ pub fn run(a: Args) -> Result<()> {
         };
     if a.show_entropy && !a.jsonl {
         if colour {
-            eprintln!("{}", entropy_legend());
+            eprintln!("{}", legend(a.color_by));
         } else if a.color == ColorChoice::Auto {
             eprintln!(
                 "note: --show-entropy colours only a terminal; use --color always to force it"
@@ -211,7 +282,11 @@ pub fn run(a: Args) -> Result<()> {
             });
             writeln!(out, "{rec}")
         } else if colour {
-            write_coloured(&mut out, &e.text, e.entropy)
+            let value = match a.color_by {
+                ColorBy::Entropy => e.entropy,
+                ColorBy::Surprisal => -e.logprob,
+            };
+            write_coloured(&mut out, &e.text, value, a.color_by)
         } else {
             out.write_all(e.text.as_bytes())
         };
@@ -249,15 +324,40 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-/// Low entropy (green) to high (red), ANSI 256-colour codes.
+/// Low (green) to high (red), ANSI 256-colour codes.
 const PALETTE: [u8; 11] = [46, 82, 118, 154, 190, 226, 220, 214, 208, 202, 196];
-/// Entropy (nats) mapped to the reddest colour. A small model's next-token entropy
-/// rarely exceeds ~5 nats; beyond that the model is guessing among ~150+ tokens.
-const MAX_ENTROPY_NATS: f32 = 5.0;
 
-fn palette_index(entropy: f32) -> usize {
-    let x = if entropy.is_finite() {
-        entropy / MAX_ENTROPY_NATS
+/// What a token's colour shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorBy {
+    /// Entropy of the model's next-token distribution (how unsure it was).
+    Entropy,
+    /// The chosen token's surprisal, -log p (how unexpected the token was).
+    Surprisal,
+}
+
+impl ColorBy {
+    /// The value (nats) mapped to the reddest colour. A small model's next-token
+    /// entropy rarely exceeds ~5 nats (guessing among ~150 tokens); a surprisal of 10
+    /// nats is a 1-in-22000 token.
+    fn max_nats(self) -> f32 {
+        match self {
+            ColorBy::Entropy => 5.0,
+            ColorBy::Surprisal => 10.0,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ColorBy::Entropy => "entropy",
+            ColorBy::Surprisal => "surprisal",
+        }
+    }
+}
+
+fn palette_index(value: f32, by: ColorBy) -> usize {
+    let x = if value.is_finite() {
+        value / by.max_nats()
     } else {
         1.0
     };
@@ -267,8 +367,13 @@ fn palette_index(entropy: f32) -> usize {
 /// Text on a coloured background, black foreground (readable on light and dark
 /// terminals, and spaces stay visible). Colours are reset before each newline so a
 /// background does not bleed to the end of the line.
-fn write_coloured(out: &mut impl Write, text: &str, entropy: f32) -> io::Result<()> {
-    let c = PALETTE[palette_index(entropy)];
+pub(crate) fn write_coloured(
+    out: &mut impl Write,
+    text: &str,
+    value: f32,
+    by: ColorBy,
+) -> io::Result<()> {
+    let c = PALETTE[palette_index(value, by)];
     for (i, line) in text.split('\n').enumerate() {
         if i > 0 {
             out.write_all(b"\n")?;
@@ -280,10 +385,11 @@ fn write_coloured(out: &mut impl Write, text: &str, entropy: f32) -> io::Result<
     Ok(())
 }
 
-fn entropy_legend() -> String {
-    let mut s = String::from("entropy (nats):");
+/// The colour scale, for stderr.
+pub(crate) fn legend(by: ColorBy) -> String {
+    let mut s = format!("{} (nats):", by.name());
     for (i, c) in PALETTE.iter().enumerate() {
-        let v = MAX_ENTROPY_NATS * i as f32 / (PALETTE.len() - 1) as f32;
+        let v = by.max_nats() * i as f32 / (PALETTE.len() - 1) as f32;
         let plus = if i + 1 == PALETTE.len() { "+" } else { "" };
         s.push_str(&format!(" \x1b[48;5;{c}m\x1b[38;5;16m{v:.1}{plus}\x1b[0m"));
     }
@@ -301,6 +407,15 @@ fn summary_json(s: &GenerationStats, p: &GenerationParams) -> serde_json::Value 
         "stop_reason": s.stop_reason.as_str(),
         "seed": p.sampler.seed,
         "temperature": p.sampler.temperature,
+        "lookahead": p.lookahead.as_ref().map(|la| json!({
+            "entropy_threshold": la.entropy_threshold,
+            "top_k": la.top_k,
+            "depth": la.depth,
+            "pauses": s.lookahead.pauses,
+            "changed": s.lookahead.changed,
+            "extra_forward_passes": s.lookahead.forwards,
+            "secs": s.lookahead.secs,
+        })),
     })
 }
 
@@ -310,8 +425,19 @@ fn summary_text(s: &GenerationStats, p: &GenerationParams) -> String {
     } else {
         format!("seed {}", p.sampler.seed)
     };
+    let lookahead = match &p.lookahead {
+        Some(la) => format!(
+            " | lookahead (H > {:.2}): {} pauses, {} changed the token, {} extra passes, {:.2} s",
+            la.entropy_threshold,
+            s.lookahead.pauses,
+            s.lookahead.changed,
+            s.lookahead.forwards,
+            s.lookahead.secs,
+        ),
+        None => String::new(),
+    };
     format!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {} | {sampling}",
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {} | {sampling}{lookahead}",
         s.prompt_tokens,
         s.prefill_tokens_per_sec(),
         s.generated_tokens,
@@ -326,15 +452,19 @@ mod tests {
 
     #[test]
     fn palette_spans_green_to_red() {
-        assert_eq!(PALETTE[palette_index(0.0)], 46);
-        assert_eq!(PALETTE[palette_index(MAX_ENTROPY_NATS * 3.0)], 196);
-        assert_eq!(PALETTE[palette_index(f32::NAN)], 196);
+        for by in [ColorBy::Entropy, ColorBy::Surprisal] {
+            assert_eq!(PALETTE[palette_index(0.0, by)], 46);
+            assert_eq!(PALETTE[palette_index(by.max_nats() * 3.0, by)], 196);
+            assert_eq!(PALETTE[palette_index(f32::NAN, by)], 196);
+        }
+        // Surprisal's scale is twice entropy's: 5 nats is mid-scale.
+        assert_eq!(palette_index(5.0, ColorBy::Surprisal), 5);
     }
 
     #[test]
     fn colour_resets_before_newlines() {
         let mut v = Vec::new();
-        write_coloured(&mut v, "a\nb", 0.0).unwrap();
+        write_coloured(&mut v, "a\nb", 0.0, ColorBy::Entropy).unwrap();
         let s = String::from_utf8(v).unwrap();
         assert_eq!(
             s,
