@@ -13,10 +13,12 @@
 //! Errors are [`EngineError`]s with one-line messages; nothing here panics on user
 //! input (over-long prompts, bad sampler settings, a context that fills up).
 
+pub mod contrastive;
 pub mod lookahead;
 mod session;
 mod stop;
 
+pub use contrastive::{ContrastiveConfig, ContrastiveStats};
 pub use lookahead::{entropy_quantile, LookaheadConfig, LookaheadStats};
 pub use session::{
     Generation, GenerationParams, GenerationStats, PrefillInfo, Session, StopReason, TokenEvent,

@@ -7,6 +7,7 @@ use model::tokenizer::TextStream;
 use model::{Batch, LoadedModel, ModelError, SequenceState};
 use sample::{argmax, token_stats, top_k_logprobs, Sampler, SamplerConfig};
 
+use crate::contrastive::{contrast_in_place, ContrastiveConfig, ContrastiveStats};
 use crate::lookahead::{LookaheadConfig, LookaheadStats};
 use crate::stop::StopMatcher;
 use crate::{EngineError, Result};
@@ -34,6 +35,8 @@ pub struct GenerationParams {
     /// Uncertainty-guided lookahead (AdaDec): at uncertain steps the token is chosen by
     /// a short greedy lookahead instead of by the sampler. `None` = off.
     pub lookahead: Option<LookaheadConfig>,
+    /// Selective contrastive decoding (USCD) against a lame context. `None` = off.
+    pub contrastive: Option<ContrastiveConfig>,
 }
 
 impl Default for GenerationParams {
@@ -46,6 +49,7 @@ impl Default for GenerationParams {
             top_logprobs: 0,
             stop: Vec::new(),
             lookahead: None,
+            contrastive: None,
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct GenerationStats {
     /// Pauses and extra work of uncertainty-guided lookahead (zero when off). Its
     /// forward passes are included in `decode_secs` but not in `decode_steps`.
     pub lookahead: LookaheadStats,
+    /// Contrasted steps and the lame context's cost (zero when off).
+    pub contrastive: ContrastiveStats,
 }
 
 impl GenerationStats {
@@ -333,7 +339,23 @@ impl<'m> Session<'m> {
         if let Some(la) = &params.lookahead {
             la.validate()?;
         }
+        if let Some(c) = &params.contrastive {
+            c.validate()?;
+            if params.lookahead.is_some() {
+                return Err(EngineError::Invalid(
+                    "lookahead and contrastive decoding both choose the token at uncertain \
+                     steps; use one of them"
+                        .into(),
+                ));
+            }
+        }
         let mut lookahead_stats = LookaheadStats::default();
+        let mut contrastive_stats = ContrastiveStats::default();
+        // The lame context of contrastive decoding, created at its first use.
+        let mut lame: Option<Session<'m>> = None;
+        let mut lame_ids: Vec<u32> = Vec::new();
+        let mut logprobs: Vec<f32> = Vec::new();
+        let mut lame_logprobs: Vec<f32> = Vec::new();
         let mut sampler = Sampler::new(params.sampler.clone());
 
         let t_prefill = Instant::now();
@@ -355,6 +377,38 @@ impl<'m> Session<'m> {
         for index in 0..params.max_tokens {
             work.clear();
             work.extend_from_slice(&self.logits);
+            if let Some(c) = params
+                .contrastive
+                .as_ref()
+                .filter(|c| sample::entropy(&self.logits) > c.entropy_threshold)
+            {
+                let t0 = Instant::now();
+                let lame = match &mut lame {
+                    Some(l) => l,
+                    None => lame.insert(Session::new(self.model, self.n_ctx())?),
+                };
+                lame_ids.clear();
+                lame_ids.extend_from_slice(&c.lame_prompt);
+                lame_ids.extend_from_slice(&generated);
+                contrastive_stats.lame_tokens += lame.sync_prompt(&lame_ids)?.computed;
+                let lame_logits = lame.logits().ok_or(EngineError::EmptyPrompt)?;
+                logprobs.resize(work.len(), 0.0);
+                lame_logprobs.resize(work.len(), 0.0);
+                sample::log_softmax(&self.logits, &mut logprobs);
+                sample::log_softmax(lame_logits, &mut lame_logprobs);
+                contrast_in_place(
+                    &mut work,
+                    &logprobs,
+                    &lame_logprobs,
+                    c.alpha,
+                    c.plausibility,
+                );
+                contrastive_stats.contrasted += 1;
+                if argmax(&work) != argmax(&self.logits) {
+                    contrastive_stats.changed += 1;
+                }
+                contrastive_stats.secs += t0.elapsed().as_secs_f64();
+            }
             let pause = params
                 .lookahead
                 .as_ref()
@@ -439,6 +493,7 @@ impl<'m> Session<'m> {
                 decode_secs: decode.as_secs_f64(),
                 stop_reason,
                 lookahead: lookahead_stats,
+                contrastive: contrastive_stats,
             },
             tokens: generated,
             text,

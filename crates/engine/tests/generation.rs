@@ -152,6 +152,7 @@ fn seeded_sampling_is_reproducible() {
         top_logprobs: 3,
         stop: Vec::new(),
         lookahead: None,
+        contrastive: None,
     };
     let mut s = Session::new(m, 128).unwrap();
     let (a, events) = collect(&mut s, &prompt, &params(7));

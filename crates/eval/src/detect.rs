@@ -178,6 +178,7 @@ pub fn detection_eval(
             top_logprobs: 0,
             stop: Vec::new(),
             lookahead: None,
+            contrastive: None,
         };
         let generation = session
             .generate(&prompt_ids, &params, |_| ControlFlow::Continue(()))

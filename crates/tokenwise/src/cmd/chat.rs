@@ -53,6 +53,7 @@ pub fn run(a: Args) -> Result<()> {
         top_logprobs: 0,
         stop: Vec::new(),
         lookahead: None,
+        contrastive: None,
     };
     let mut session = Session::new(&loaded, n_ctx)?;
     let system: Vec<ChatMessage> = a

@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use engine::{
-    GenerationParams, GenerationStats, LookaheadConfig, SamplerConfig, Session, TokenEvent,
+    ContrastiveConfig, GenerationParams, GenerationStats, LookaheadConfig, SamplerConfig, Session,
+    TokenEvent,
 };
 use model::chat::ChatMessage;
 use serde_json::json;
@@ -50,6 +51,8 @@ pub struct Args {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub lookahead: LookaheadArgs,
+    #[command(flatten)]
+    pub contrastive: ContrastiveArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
     /// Colour each token by the entropy of the model's distribution at that step
@@ -187,6 +190,26 @@ impl LookaheadArgs {
     }
 }
 
+/// Uncertainty-aware selective contrastive decoding (USCD): off unless a lame prompt
+/// is given.
+#[derive(clap::Args)]
+pub struct ContrastiveArgs {
+    /// The "lame" prompt to contrast with (typically the prompt without its few-shot
+    /// examples). Parsed like the prompt (special tokens included; with --chat it is
+    /// wrapped the same way).
+    #[arg(long, value_name = "TEXT")]
+    pub contrast_prompt: Option<String>,
+    /// Weight of the lame distribution: score = log p - ALPHA * log p_lame.
+    #[arg(long, value_name = "ALPHA", default_value_t = 0.5)]
+    pub contrast_alpha: f32,
+    /// Contrast only at steps whose entropy exceeds H nats.
+    #[arg(long, value_name = "H", default_value_t = 1.0)]
+    pub contrast_threshold: f32,
+    /// At contrasted steps, drop tokens less likely than P times the most likely one.
+    #[arg(long, value_name = "P", default_value_t = 0.1)]
+    pub contrast_plausibility: f32,
+}
+
 /// Threads and context size, shared with `chat`.
 #[derive(clap::Args)]
 pub struct RuntimeArgs {
@@ -225,16 +248,7 @@ pub fn run(a: Args) -> Result<()> {
 
     let (path, loaded) = models::load(&a.model, a.runtime.threads)?;
     let n_ctx = models::context_size(&path, &loaded, a.runtime.ctx)?;
-    let prompt = if a.chat {
-        let mut messages = Vec::new();
-        if let Some(s) = &a.system {
-            messages.push(ChatMessage::new("system", s.as_str()));
-        }
-        messages.push(ChatMessage::new("user", prompt_text.as_str()));
-        engine::chat_prompt_ids(&loaded, &messages, true)?
-    } else {
-        loaded.tokenizer.encode_prompt(&prompt_text)?
-    };
+    let prompt = prompt_ids(&loaded, &prompt_text, a.chat, a.system.as_deref())?;
 
     let params = GenerationParams {
         max_tokens: a.max_tokens,
@@ -243,6 +257,19 @@ pub fn run(a: Args) -> Result<()> {
         top_logprobs: if a.jsonl { a.top_logprobs } else { 0 },
         stop: a.stop.clone(),
         lookahead: a.lookahead.config(&loaded)?,
+        contrastive: match &a.contrastive.contrast_prompt {
+            Some(lame) => {
+                let c = ContrastiveConfig {
+                    lame_prompt: prompt_ids(&loaded, lame, a.chat, a.system.as_deref())?,
+                    alpha: a.contrastive.contrast_alpha,
+                    entropy_threshold: a.contrastive.contrast_threshold,
+                    plausibility: a.contrastive.contrast_plausibility,
+                };
+                c.validate()?;
+                Some(c)
+            }
+            None => None,
+        },
     };
     let colour = a.show_entropy
         && match a.color {
@@ -322,6 +349,26 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("{}", summary_text(stats, &params));
     }
     Ok(())
+}
+
+/// A prompt's token ids: as written (special tokens parsed), or as one user message of
+/// the model's chat template.
+fn prompt_ids(
+    loaded: &model::LoadedModel,
+    text: &str,
+    chat: bool,
+    system: Option<&str>,
+) -> Result<Vec<u32>> {
+    if chat {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(ChatMessage::new("system", s));
+        }
+        messages.push(ChatMessage::new("user", text));
+        Ok(engine::chat_prompt_ids(loaded, &messages, true)?)
+    } else {
+        Ok(loaded.tokenizer.encode_prompt(text)?)
+    }
 }
 
 /// Low (green) to high (red), ANSI 256-colour codes.
@@ -416,6 +463,15 @@ fn summary_json(s: &GenerationStats, p: &GenerationParams) -> serde_json::Value 
             "extra_forward_passes": s.lookahead.forwards,
             "secs": s.lookahead.secs,
         })),
+        "contrastive": p.contrastive.as_ref().map(|c| json!({
+            "alpha": c.alpha,
+            "entropy_threshold": c.entropy_threshold,
+            "plausibility": c.plausibility,
+            "contrasted": s.contrastive.contrasted,
+            "changed": s.contrastive.changed,
+            "lame_tokens": s.contrastive.lame_tokens,
+            "secs": s.contrastive.secs,
+        })),
     })
 }
 
@@ -436,8 +492,19 @@ fn summary_text(s: &GenerationStats, p: &GenerationParams) -> String {
         ),
         None => String::new(),
     };
+    let contrastive = if p.contrastive.is_some() {
+        format!(
+            " | contrastive: {} steps, {} changed the token, {} lame tokens, {:.2} s",
+            s.contrastive.contrasted,
+            s.contrastive.changed,
+            s.contrastive.lame_tokens,
+            s.contrastive.secs
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {} | {sampling}{lookahead}",
+        "prompt: {} tokens, {:.1} tok/s | generated: {} tokens, {:.1} tok/s | stop: {} | {sampling}{lookahead}{contrastive}",
         s.prompt_tokens,
         s.prefill_tokens_per_sec(),
         s.generated_tokens,
