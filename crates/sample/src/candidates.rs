@@ -12,8 +12,13 @@
 //! * `prefix`: the first `prefix` entries are the best ones, in canonical order
 //!   (larger logit first, ties by lower id), and every later entry is worse.
 //!   `prefix == len` means fully sorted, so a second sorting processor costs
-//!   nothing, and a nucleus cut that only needs the top few hundred entries
-//!   never sorts the whole vocabulary ([`Candidates::scan_sorted`]).
+//!   nothing, and a scan that only needs the top few hundred entries never
+//!   sorts the whole vocabulary ([`Candidates::scan_sorted`]).
+//!
+//! Nothing here sorts a full vocabulary on the common paths: orderings use
+//! one integer key per candidate (`rank_key`), a small top-k is a single
+//! pass with a bounded heap, and mass cuts (top-p, typical) histogram the
+//! probability by score and sort only the bucket where the cut falls.
 
 use std::collections::BinaryHeap;
 

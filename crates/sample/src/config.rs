@@ -178,6 +178,42 @@ impl SamplerConfig {
     /// Checks every field; the first bad one is reported, in one line that
     /// names the field, the value and what would be accepted.
     pub fn validate(&self) -> Result<(), SampleError> {
+        self.validate_values()?;
+        self.validate_chain()
+    }
+
+    /// The chain checks of [`SamplerConfig::validate`]: `samplers` is not
+    /// empty, every name is known, and epsilon/eta are not set without
+    /// their stage.
+    fn validate_chain(&self) -> Result<(), SampleError> {
+        if self.samplers.is_empty() {
+            return Err(SampleError::EmptyChain);
+        }
+        if let Some(unknown) = self.samplers.iter().find(|s| canonical_name(s).is_none()) {
+            return Err(SampleError::UnknownProcessor(unknown.clone()));
+        }
+        // Epsilon and eta have no place in llama.cpp's chain, so there is no
+        // default position to put them in: ask rather than silently ignore.
+        if self.mirostat == 0 {
+            if self.epsilon > 0.0 && !self.has_stage("epsilon") {
+                return Err(SampleError::StageNotInChain {
+                    field: "epsilon",
+                    stage: "epsilon",
+                });
+            }
+            if self.eta > 0.0 && !self.has_stage("eta") {
+                return Err(SampleError::StageNotInChain {
+                    field: "eta",
+                    stage: "eta",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The value checks of [`SamplerConfig::validate`] (every field but the
+    /// chain).
+    pub(crate) fn validate_values(&self) -> Result<(), SampleError> {
         let bad = |field, value, expected| {
             Err(SampleError::InvalidConfig {
                 field,
@@ -301,28 +337,6 @@ impl SamplerConfig {
             .find(|&&(_, b)| b.is_nan() || b == f32::INFINITY)
         {
             return bad("logit_bias", b, "a finite bias, or -inf to ban the token");
-        }
-        if self.samplers.is_empty() {
-            return Err(SampleError::EmptyChain);
-        }
-        if let Some(unknown) = self.samplers.iter().find(|s| canonical_name(s).is_none()) {
-            return Err(SampleError::UnknownProcessor(unknown.clone()));
-        }
-        // Epsilon and eta have no place in llama.cpp's chain, so there is no
-        // default position to put them in: ask rather than silently ignore.
-        if self.mirostat == 0 {
-            if self.epsilon > 0.0 && !self.has_stage("epsilon") {
-                return Err(SampleError::StageNotInChain {
-                    field: "epsilon",
-                    stage: "epsilon",
-                });
-            }
-            if self.eta > 0.0 && !self.has_stage("eta") {
-                return Err(SampleError::StageNotInChain {
-                    field: "eta",
-                    stage: "eta",
-                });
-            }
         }
         Ok(())
     }

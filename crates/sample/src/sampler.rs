@@ -21,11 +21,14 @@ use crate::stats::{moments_and_probs, token_report, token_report_with, Moments};
 /// keep their capacity).
 ///
 /// The chain is built from the config as llama.cpp's `common_sampler_init`
-/// does: a logit-bias stage first if any bias is set, then either the named
+/// does: a logit-bias stage first if any bias is set (unless `samplers`
+/// names `logit_bias` at a place of its own), then either the named
 /// `samplers` (default [`crate::DEFAULT_CHAIN`]: penalties -> dry ->
 /// top_n_sigma -> top_k -> typ_p -> top_p -> min_p -> xtc -> temperature) or,
-/// with `mirostat` 1 or 2, penalties -> temperature -> mirostat. Then the
-/// softmax of what is left, and one draw with the seeded RNG.
+/// with `mirostat` 1 or 2, penalties -> temperature -> mirostat (current
+/// llama.cpp leaves the penalties out there; they are off by default, and a
+/// user who sets them expects them to apply). Then the softmax of what is
+/// left, and one draw with the seeded RNG.
 ///
 /// Greedy decoding (`temperature <= 0`) runs only the stages that can
 /// change the argmax (penalties, DRY, logit bias, typical, XTC) and returns
@@ -164,15 +167,21 @@ impl Sampler {
 
     /// A sampler running exactly `chain` (for processors built by hand).
     /// `config` still supplies the seed and the greedy switch; its
-    /// `samplers`, `mirostat` and `logit_bias` are not used.
+    /// `samplers`, `mirostat` and `logit_bias` are not used (nor checked).
     pub fn with_processors(
         config: SamplerConfig,
         chain: Vec<Box<dyn LogitsProcessor>>,
     ) -> Result<Self, SampleError> {
-        config.validate()?;
-        let mut s = Self::new(config);
-        s.chain = chain;
-        Ok(s)
+        config.validate_values()?;
+        Ok(Sampler {
+            invalid: None,
+            rng: Rng::seed_from_u64(config.seed),
+            config,
+            chain,
+            cands: Candidates::new(),
+            weights: Vec::new(),
+            base: Vec::new(),
+        })
     }
 
     /// The configuration this sampler was built with.
@@ -299,7 +308,7 @@ impl Sampler {
         let (token, prob) = if greedy {
             match self.cands.best() {
                 Some(c) if c.logit > f32::NEG_INFINITY => {
-                    if let Some(st) = stages.as_deref_mut() {
+                    if let Some(st) = stages {
                         let kept_mass = self.base[c.id as usize];
                         st.push(StageReport {
                             name: "greedy",

@@ -110,7 +110,7 @@ fn reset_replays_every_chain() {
     for (name, config) in chains(7) {
         let rows: Vec<Vec<f32>> = (0..5).map(|i| row(200, 10 + i)).collect();
         let mut s = Sampler::new(config);
-        let mut run = |s: &mut Sampler| -> Vec<u32> {
+        let run = |s: &mut Sampler| -> Vec<u32> {
             let mut h = Vec::new();
             for r in &rows {
                 for _ in 0..10 {

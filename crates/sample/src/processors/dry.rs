@@ -213,7 +213,7 @@ impl LogitsProcessor for Dry {
     }
 
     fn process(&mut self, cands: &mut Candidates, ctx: &SampleContext<'_>) {
-        if self.multiplier == 0.0 || !(self.base >= 1.0) || self.last_n == 0 {
+        if self.multiplier == 0.0 || self.base.is_nan() || self.base < 1.0 || self.last_n == 0 {
             return;
         }
         let h = ctx.history;

@@ -64,7 +64,7 @@ impl LogitsProcessor for Temperature {
     }
 
     fn process(&mut self, cands: &mut Candidates, _ctx: &SampleContext<'_>) {
-        if !(self.range > 0.0) {
+        if self.range.is_nan() || self.range <= 0.0 {
             self.last = self.t;
             Self::apply(cands, f64::from(self.t));
             return;

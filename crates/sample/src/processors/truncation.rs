@@ -44,9 +44,10 @@ impl LogitsProcessor for TopK {
 
 /// Nucleus sampling: keeps the smallest prefix of the sorted candidates
 /// whose cumulative probability is `>= p` (`p >= 1` = off), as llama.cpp.
-/// Probabilities are those of the candidates it receives, in `f64`. Sorts
-/// only as far as the nucleus reaches (first 256 entries, then more), like
-/// llama.cpp's adaptive partial sort.
+/// Probabilities are those of the candidates it receives (weights from the
+/// vectorised `exp`, sums in `f64`). O(n) without a sort: the mass is
+/// histogrammed in buckets of 1/8 nat below the max logit and only the
+/// bucket where the nucleus ends is sorted (llama.cpp buckets too).
 #[derive(Clone, Debug)]
 pub struct TopP {
     p: f32,
@@ -231,31 +232,17 @@ impl LogitsProcessor for TopNSigma {
     }
 
     fn process(&mut self, cands: &mut Candidates, _ctx: &SampleContext<'_>) {
-        if !(self.n > 0.0) || cands.len() <= 1 {
+        if self.n.is_nan() || self.n <= 0.0 || cands.len() <= 1 {
             return;
         }
-        let (mut max, mut sum, mut count) = (f64::NEG_INFINITY, 0.0, 0usize);
-        for c in cands.as_slice() {
-            let l = f64::from(c.logit);
-            max = max.max(l);
-            if l.is_finite() {
-                sum += l;
-                count += 1;
-            }
-        }
+        let max = f64::from(cands.max_logit());
         // No finite logit, or a +inf one that holds all the mass anyway.
-        if !max.is_finite() || count == 0 {
+        if !max.is_finite() {
             return;
         }
-        let mean = sum / count as f64;
-        let var = cands
-            .as_slice()
-            .iter()
-            .map(|c| f64::from(c.logit))
-            .filter(|l| l.is_finite())
-            .map(|l| (l - mean) * (l - mean))
-            .sum::<f64>()
-            / count as f64;
+        let logits = cands.as_slice();
+        let (count, mean) = finite_mean(logits);
+        let var = finite_sq_dev(logits, mean) / count as f64;
         let threshold = max - f64::from(self.n) * var.sqrt();
         let masked = cands
             .as_slice()
@@ -275,6 +262,53 @@ impl LogitsProcessor for TopNSigma {
     fn preserves_argmax(&self) -> bool {
         true
     }
+}
+
+/// Number and mean of the finite logits (at least one must be finite),
+/// summed in eight `f64` lanes so the pass vectorises.
+fn finite_mean(cands: &[Candidate]) -> (usize, f64) {
+    let (mut sum, mut count) = ([0.0f64; 8], [0u64; 8]);
+    let chunks = cands.chunks_exact(8);
+    let rest = chunks.remainder();
+    let term = |c: &Candidate| {
+        let fin = c.logit.is_finite();
+        (if fin { f64::from(c.logit) } else { 0.0 }, u64::from(fin))
+    };
+    for chunk in chunks {
+        for ((s, n), c) in sum.iter_mut().zip(count.iter_mut()).zip(chunk) {
+            let (x, k) = term(c);
+            *s += x;
+            *n += k;
+        }
+    }
+    let (mut s, mut n) = (sum.iter().sum::<f64>(), count.iter().sum::<u64>());
+    for c in rest {
+        let (x, k) = term(c);
+        s += x;
+        n += k;
+    }
+    (n as usize, s / n as f64)
+}
+
+/// Sum of squared deviations from `mean` over the finite logits.
+fn finite_sq_dev(cands: &[Candidate], mean: f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let term = |c: &Candidate| {
+        let d = f64::from(c.logit) - mean;
+        if c.logit.is_finite() {
+            d * d
+        } else {
+            0.0
+        }
+    };
+    let chunks = cands.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (a, c) in acc.iter_mut().zip(chunk) {
+            *a += term(c);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(term).sum::<f64>()
 }
 
 /// Keeps the candidates whose log-probability is at least `ln_threshold`,
@@ -310,7 +344,7 @@ impl LogitsProcessor for Epsilon {
     }
 
     fn process(&mut self, cands: &mut Candidates, _ctx: &SampleContext<'_>) {
-        if !(self.epsilon > 0.0) || cands.len() <= 1 {
+        if self.epsilon.is_nan() || self.epsilon <= 0.0 || cands.len() <= 1 {
             return;
         }
         let (norm, _) = cands.fast_normalizer();
@@ -355,7 +389,7 @@ impl LogitsProcessor for Eta {
     }
 
     fn process(&mut self, cands: &mut Candidates, _ctx: &SampleContext<'_>) {
-        if !(self.eta > 0.0) || cands.len() <= 1 {
+        if self.eta.is_nan() || self.eta <= 0.0 || cands.len() <= 1 {
             return;
         }
         let (norm, h) = cands.fast_normalizer();
@@ -419,7 +453,8 @@ impl LogitsProcessor for Xtc {
     }
 
     fn process(&mut self, cands: &mut Candidates, _ctx: &SampleContext<'_>) {
-        if !(self.probability > 0.0) || !(self.threshold <= 0.5) || cands.len() < 2 {
+        let off = self.probability.is_nan() || self.probability <= 0.0;
+        if off || self.threshold.is_nan() || self.threshold > 0.5 || cands.len() < 2 {
             return;
         }
         if self.rng.next_f64() > f64::from(self.probability) {
