@@ -371,6 +371,8 @@ pub enum SampleError {
         /// The stage to add to `samplers`.
         stage: &'static str,
     },
+    /// A forced token id outside the vocabulary.
+    TokenOutOfRange { token: u32, n_vocab: usize },
 }
 
 impl fmt::Display for SampleError {
@@ -403,6 +405,10 @@ impl fmt::Display for SampleError {
                 f,
                 "sampler setting {field} is set but the chain has no {stage:?} stage: \
                  add it to the samplers list (e.g. after min_p)"
+            ),
+            SampleError::TokenOutOfRange { token, n_vocab } => write!(
+                f,
+                "token id {token} is outside the vocabulary ({n_vocab} tokens)"
             ),
         }
     }

@@ -40,7 +40,7 @@ pub use processors::{
     DEFAULT_CHAIN, DEFAULT_DRY_SEQUENCE_BREAKERS, PROCESSOR_NAMES,
 };
 pub use report::{SampleReport, StageReport};
-pub use rng::Rng;
+pub use rng::{gumbel_noise, Rng};
 pub use sampler::Sampler;
 pub use stats::{
     argmax, entropy, log_softmax, token_report, token_stats, top_k_logprobs, varentropy,

@@ -10,7 +10,7 @@ use crate::processors::{
     SampleContext, Temperature,
 };
 use crate::report::{SampleReport, StageReport};
-use crate::rng::Rng;
+use crate::rng::{gumbel_noise, Rng};
 use crate::stats::{moments_and_probs, token_report, token_report_with, Moments};
 
 /// Turns logits rows into tokens.
@@ -43,6 +43,12 @@ pub struct Sampler {
     weights: Vec<f32>,
     /// Report scratch: the model's probability of each token, by id.
     base: Vec<f64>,
+    /// Draw by Gumbel-max with counter-based noise instead of the RNG stream.
+    gumbel: bool,
+    /// Set by [`Sampler::force`] for one call: the token to take instead of drawing.
+    forced: Option<u32>,
+    /// Draws so far (the Gumbel noise's step index).
+    step: u64,
 }
 
 impl fmt::Debug for Sampler {
@@ -144,6 +150,9 @@ impl Sampler {
             cands: Candidates::new(),
             weights: Vec::new(),
             base: Vec::new(),
+            gumbel: false,
+            forced: None,
+            step: 0,
         }
     }
 
@@ -181,6 +190,9 @@ impl Sampler {
             cands: Candidates::new(),
             weights: Vec::new(),
             base: Vec::new(),
+            gumbel: false,
+            forced: None,
+            step: 0,
         })
     }
 
@@ -213,9 +225,56 @@ impl Sampler {
     /// same inputs replay the same tokens.
     pub fn reset(&mut self) {
         self.rng = Rng::seed_from_u64(self.config.seed);
+        self.step = 0;
         for p in &mut self.chain {
             p.reset();
         }
+    }
+
+    /// Draws by the Gumbel-max trick: the token is
+    /// `argmax_i(logit_i + g_i)` over the candidates left by the chain (logits
+    /// already divided by the temperature), with `g_i =`
+    /// [`gumbel_noise`](crate::rng::gumbel_noise)`(seed, step, i)`. This is an
+    /// exact sample from the same distribution as the default draw, and the
+    /// noise of every step can be recomputed, so a generation can be replayed
+    /// after an edit to a past token with the same noise (a counterfactual).
+    pub fn with_gumbel_max(mut self) -> Self {
+        self.gumbel = true;
+        self
+    }
+
+    /// Whether draws use the Gumbel-max trick.
+    pub fn is_gumbel_max(&self) -> bool {
+        self.gumbel
+    }
+
+    /// The step index the next draw will use (draws and forced tokens so far).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Runs the chain on `logits` like [`Sampler::sample`] but takes `token`
+    /// instead of drawing one: stateful stages (mirostat, penalties) see it as
+    /// the chosen token, and the step counter advances, so the draws after a
+    /// forced token are those a recorded generation would have made. Returns the
+    /// token's probability under the final distribution (0 if the chain
+    /// removed it). Errors like `sample`, and for a token outside the row.
+    pub fn force(
+        &mut self,
+        logits: &mut [f32],
+        history: &[u32],
+        token: u32,
+    ) -> Result<f64, SampleError> {
+        if token as usize >= logits.len() {
+            return Err(SampleError::TokenOutOfRange {
+                token,
+                n_vocab: logits.len(),
+            });
+        }
+        self.forced = Some(token);
+        let r = self.run(logits, history, None).map(|(_, p)| p);
+        self.forced = None;
+        r
     }
 
     /// Picks the next token from `logits`, given the `history` of tokens so
@@ -305,7 +364,9 @@ impl Sampler {
             }
         }
 
-        let (token, prob) = if greedy {
+        let (token, prob) = if let Some(t) = self.forced {
+            (t, self.prob_of(t))
+        } else if greedy {
             match self.cands.best() {
                 Some(c) if c.logit > f32::NEG_INFINITY => {
                     if let Some(st) = stages {
@@ -322,9 +383,12 @@ impl Sampler {
                 }
                 _ => return Err(SampleError::NoViableToken),
             }
+        } else if self.gumbel {
+            self.draw_gumbel()?
         } else {
             self.draw()?
         };
+        self.step += 1;
 
         for p in &mut self.chain {
             p.accept(token, prob);
@@ -335,6 +399,37 @@ impl Sampler {
     /// One draw from the softmax of the remaining candidates: inverse CDF
     /// with a uniform `u` in `[0, total)`, weights from the vectorised `exp`
     /// and sums in `f64`. Returns the token and its probability.
+    /// Gumbel-max draw over the current candidates (see [`Sampler::with_gumbel_max`]).
+    fn draw_gumbel(&mut self) -> Result<(u32, f64), SampleError> {
+        let seed = self.config.seed;
+        let step = self.step;
+        let best = self
+            .cands
+            .as_slice()
+            .iter()
+            .filter(|c| c.logit > f32::NEG_INFINITY)
+            .map(|c| (c.id, f64::from(c.logit) + gumbel_noise(seed, step, c.id)))
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        match best {
+            Some((id, _)) => Ok((id, self.prob_of(id))),
+            None => Err(SampleError::NoViableToken),
+        }
+    }
+
+    /// Probability of `id` under the softmax of the current candidates (0 if absent).
+    fn prob_of(&mut self, id: u32) -> f64 {
+        let total = self.cands.draw_weights(&mut self.weights);
+        if !(total > 0.0 && total.is_finite()) {
+            return 0.0;
+        }
+        self.cands
+            .as_slice()
+            .iter()
+            .zip(&self.weights)
+            .find(|(c, _)| c.id == id)
+            .map_or(0.0, |(_, &w)| f64::from(w) / total)
+    }
+
     fn draw(&mut self) -> Result<(u32, f64), SampleError> {
         let total = self.cands.draw_weights(&mut self.weights);
         if !(total > 0.0 && total.is_finite()) {
