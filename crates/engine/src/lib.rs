@@ -14,15 +14,23 @@
 //! input (over-long prompts, bad sampler settings, a context that fills up).
 
 pub mod contrastive;
+pub mod kv;
 pub mod lookahead;
 mod session;
+pub mod speculative;
 mod stop;
 
+/// Re-exported so callers can name policies and budgets without the `kv` crate.
+pub use ::kv::{policy_from_name, Budget, KvError, PolicyParams, POLICY_NAMES};
 pub use contrastive::{ContrastiveConfig, ContrastiveStats};
+pub use kv::{KvController, KvOptions, KvStats};
 pub use lookahead::{entropy_quantile, LookaheadConfig, LookaheadStats};
 pub use session::{
-    Generation, GenerationParams, GenerationStats, PrefillInfo, Session, StopReason, TokenEvent,
-    DEFAULT_PREFILL_CHUNK,
+    Generation, GenerationParams, GenerationStats, GumbelTrace, PrefillInfo, Session, StopReason,
+    TokenEvent, DEFAULT_PREFILL_CHUNK,
+};
+pub use speculative::{
+    SpeculativeConfig, SpeculativeGeneration, SpeculativeMethod, SpeculativeStats, Speculator,
 };
 pub use stop::StopMatcher;
 

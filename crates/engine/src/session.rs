@@ -5,9 +5,13 @@ use std::time::{Duration, Instant};
 
 use model::tokenizer::TextStream;
 use model::{Batch, LoadedModel, ModelError, SequenceState};
-use sample::{argmax, token_stats, top_k_logprobs, Sampler, SamplerConfig};
+use sample::{
+    argmax, gumbel_noise, token_report, token_stats, top_k_logprobs, Sampler, SamplerConfig,
+    StageReport,
+};
 
 use crate::contrastive::{contrast_in_place, ContrastiveConfig, ContrastiveStats};
+use crate::kv::{KvController, KvOptions, KvStats};
 use crate::lookahead::{LookaheadConfig, LookaheadStats};
 use crate::stop::StopMatcher;
 use crate::{EngineError, Result};
@@ -32,6 +36,19 @@ pub struct GenerationParams {
     /// Stop as soon as the generated text contains one of these; the stop string and
     /// anything after it are not shown.
     pub stop: Vec<String>,
+    /// Sample by the Gumbel-max trick with recorded, recomputable noise (same
+    /// distribution as the default draw), so a generation can be replayed
+    /// counterfactually: see [`GenerationParams::forced`].
+    pub gumbel_max: bool,
+    /// Tokens to take at the first steps instead of sampling (the sampler still sees
+    /// them, and with Gumbel-max the noise steps advance). Replaying a recorded
+    /// generation with one of these edited, and the same seed, gives the
+    /// counterfactual continuation: what the model would have said after the edit
+    /// with the same randomness.
+    pub forced: Vec<u32>,
+    /// Report each sampler stage's effect in every [`TokenEvent`] (a few extra passes
+    /// over the vocabulary per token).
+    pub report_stages: bool,
     /// Uncertainty-guided lookahead (AdaDec): at uncertain steps the token is chosen by
     /// a short greedy lookahead instead of by the sampler. `None` = off.
     pub lookahead: Option<LookaheadConfig>,
@@ -48,6 +65,9 @@ impl Default for GenerationParams {
             stop_at_eog: true,
             top_logprobs: 0,
             stop: Vec::new(),
+            gumbel_max: false,
+            forced: Vec::new(),
+            report_stages: false,
             lookahead: None,
             contrastive: None,
         }
@@ -55,7 +75,7 @@ impl Default for GenerationParams {
 }
 
 /// One generated token, as reported to the caller while generating.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct TokenEvent {
     /// 0-based index among the generated tokens.
     pub index: usize,
@@ -70,10 +90,33 @@ pub struct TokenEvent {
     pub logprob: f32,
     /// Entropy of the model's distribution at this step, in nats.
     pub entropy: f32,
+    /// Variance of the surprisal under the model's distribution (nats²).
+    pub varentropy: f32,
     /// 0 when the token was the model's top choice.
     pub rank: usize,
     /// The `top_logprobs` most likely `(id, logprob)`, most likely first.
     pub top: Vec<(u32, f32)>,
+    /// With [`GenerationParams::report_stages`]: what each sampler stage did (the
+    /// probability mass of the model's distribution it removed, the candidates left).
+    /// Empty otherwise, and at steps chosen by lookahead.
+    pub stages: Vec<StageReport>,
+    /// With `report_stages`: the probability of the token under the distribution it
+    /// was drawn from (after every stage), e.g. for mirostat's observed surprise.
+    pub sampled_prob: Option<f64>,
+    /// The token was taken from [`GenerationParams::forced`], not sampled.
+    pub forced: bool,
+    /// With [`GenerationParams::gumbel_max`]: where this step's noise comes from, and
+    /// the chosen token's noise value.
+    pub gumbel: Option<GumbelTrace>,
+}
+
+/// The Gumbel noise of one step: every token's noise is
+/// `sample::gumbel_noise(seed, step, id)`; `noise` is the chosen token's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GumbelTrace {
+    pub seed: u64,
+    pub step: u64,
+    pub noise: f64,
 }
 
 /// Why generation ended.
@@ -187,6 +230,8 @@ pub struct Session<'m> {
     logits: Vec<f32>,
     prefill_chunk: usize,
     positions: Vec<usize>,
+    /// KV eviction policy (`None`: the exact cache).
+    kv: Option<KvController>,
 }
 
 impl<'m> Session<'m> {
@@ -205,7 +250,26 @@ impl<'m> Session<'m> {
             logits: Vec::new(),
             prefill_chunk: DEFAULT_PREFILL_CHUNK,
             positions: Vec::new(),
+            kv: None,
         })
+    }
+
+    /// Runs every forward call under a KV eviction policy (see [`crate::kv`]). With a
+    /// policy that evicts, the cache no longer holds every token, so a prompt that does
+    /// not extend the cached tokens is recomputed from scratch (no prefix reuse), and
+    /// lookahead is refused.
+    pub fn with_kv(mut self, options: &KvOptions) -> Result<Session<'m>> {
+        self.kv = Some(options.controller(&self.model.model, self.n_ctx())?);
+        Ok(self)
+    }
+
+    /// The KV policy's counters, when one is set.
+    pub fn kv_stats(&self) -> Option<KvStats> {
+        self.kv.as_ref().map(KvController::stats)
+    }
+
+    fn kv_evicts(&self) -> bool {
+        self.kv.as_ref().is_some_and(KvController::evicts)
     }
 
     /// Sets the prefill chunk size (at least 1).
@@ -245,7 +309,15 @@ impl<'m> Session<'m> {
 
     /// Keeps only the first `n` cached tokens.
     pub fn truncate(&mut self, n: usize) {
-        if n < self.tokens.len() {
+        if n < self.tokens.len() && self.kv_evicts() {
+            // Slots no longer map to tokens: start over.
+            self.state.cache.clear();
+            self.tokens.clear();
+            self.logits.clear();
+            if let Some(kv) = &mut self.kv {
+                kv.reset();
+            }
+        } else if n < self.tokens.len() {
             self.state.cache.truncate(n);
             self.tokens.truncate(n);
             self.logits.clear();
@@ -312,7 +384,10 @@ impl<'m> Session<'m> {
                 computed: 0,
             });
         }
-        let keep = common.min(prompt.len() - 1);
+        let mut keep = common.min(prompt.len() - 1);
+        if keep < self.tokens.len() && self.kv_evicts() {
+            keep = 0;
+        }
         self.truncate(keep);
         self.prefill(&prompt[keep..])?;
         Ok(PrefillInfo {
@@ -338,6 +413,11 @@ impl<'m> Session<'m> {
         params.sampler.validate()?;
         if let Some(la) = &params.lookahead {
             la.validate()?;
+            if self.kv_evicts() {
+                return Err(EngineError::Invalid(
+                    "lookahead cannot be combined with a KV eviction policy".into(),
+                ));
+            }
         }
         if let Some(c) = &params.contrastive {
             c.validate()?;
@@ -357,6 +437,15 @@ impl<'m> Session<'m> {
         let mut logprobs: Vec<f32> = Vec::new();
         let mut lame_logprobs: Vec<f32> = Vec::new();
         let mut sampler = Sampler::new(params.sampler.clone());
+        if params.gumbel_max {
+            sampler = sampler.with_gumbel_max();
+        }
+        let vocab = self.model.model.config.vocab_size;
+        if let Some(&bad) = params.forced.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::Invalid(format!(
+                "forced token id {bad} is outside the vocabulary ({vocab} tokens)"
+            )));
+        }
 
         let t_prefill = Instant::now();
         let info = self.sync_prompt(prompt)?;
@@ -413,16 +502,26 @@ impl<'m> Session<'m> {
                 .lookahead
                 .as_ref()
                 .filter(|la| sample::entropy(&self.logits) > la.entropy_threshold);
+            let mut stages = Vec::new();
+            let mut sampled_prob = None;
+            let step = sampler.step();
             let id = match pause {
+                _ if index < params.forced.len() => {
+                    let t = params.forced[index];
+                    sampled_prob = Some(sampler.force(&mut work, &history, t)?);
+                    t
+                }
                 Some(la) => self.lookahead_choice(la, &mut lookahead_stats)?,
+                None if params.report_stages => {
+                    let (id, report) = sampler.sample_with_report(&mut work, &history, 0)?;
+                    stages = report.stages;
+                    sampled_prob = Some(report.sampled_prob);
+                    id
+                }
                 None => sampler.sample(&mut work, &history)?,
             };
-            let stats = token_stats(&self.logits, id);
-            let top = if params.top_logprobs > 0 {
-                top_k_logprobs(&self.logits, params.top_logprobs)
-            } else {
-                Vec::new()
-            };
+            // The model's own view of the token (temperature 1, before any stage).
+            let report = token_report(&self.logits, id, params.top_logprobs);
             generated.push(id);
             history.push(id);
 
@@ -463,10 +562,19 @@ impl<'m> Session<'m> {
                 index,
                 id,
                 text: shown,
-                logprob: stats.logprob,
-                entropy: stats.entropy,
-                rank: stats.rank,
-                top,
+                logprob: report.logprob,
+                entropy: report.entropy,
+                varentropy: report.varentropy,
+                rank: report.rank,
+                top: report.top,
+                stages,
+                sampled_prob,
+                forced: index < params.forced.len(),
+                gumbel: params.gumbel_max.then(|| GumbelTrace {
+                    seed: params.sampler.seed,
+                    step,
+                    noise: gumbel_noise(params.sampler.seed, step, id),
+                }),
             };
             let flow = on_token(&event);
             t = Instant::now();
@@ -547,18 +655,39 @@ impl<'m> Session<'m> {
         Ok(chosen)
     }
 
+    /// The model, the sequence state, the cached tokens and the logits after them, for
+    /// loops in this crate that append token trees and keep only some slots
+    /// (speculative decoding). Callers leave `tokens` equal to what the cache holds and
+    /// `logits` after its last token (or empty when unknown).
+    pub(crate) fn parts_mut(
+        &mut self,
+    ) -> (
+        &'m LoadedModel,
+        &mut SequenceState,
+        &mut Vec<u32>,
+        &mut Vec<f32>,
+    ) {
+        (
+            self.model,
+            &mut self.state,
+            &mut self.tokens,
+            &mut self.logits,
+        )
+    }
+
     /// One forward call: appends `ids` at the next positions and keeps the logits.
     fn forward(&mut self, ids: &[u32]) -> Result<()> {
         let start = self.state.cache.next_position();
         self.positions.clear();
         self.positions.extend(start..start + ids.len());
-        let logits = self.model.model.forward(
-            &mut self.state,
-            &Batch::causal(ids, &self.positions),
-            None,
-        )?;
-        self.logits.clear();
-        self.logits.extend_from_slice(logits);
+        let batch = Batch::causal(ids, &self.positions);
+        if let Some(kv) = &mut self.kv {
+            kv.forward(&self.model.model, &mut self.state, &batch, &mut self.logits)?;
+        } else {
+            let logits = self.model.model.forward(&mut self.state, &batch, None)?;
+            self.logits.clear();
+            self.logits.extend_from_slice(logits);
+        }
         self.tokens.extend_from_slice(ids);
         Ok(())
     }

@@ -151,8 +151,7 @@ fn seeded_sampling_is_reproducible() {
         stop_at_eog: false,
         top_logprobs: 3,
         stop: Vec::new(),
-        lookahead: None,
-        contrastive: None,
+        ..GenerationParams::default()
     };
     let mut s = Session::new(m, 128).unwrap();
     let (a, events) = collect(&mut s, &prompt, &params(7));

@@ -177,8 +177,7 @@ pub fn detection_eval(
             stop_at_eog: true,
             top_logprobs: 0,
             stop: Vec::new(),
-            lookahead: None,
-            contrastive: None,
+            ..GenerationParams::default()
         };
         let generation = session
             .generate(&prompt_ids, &params, |_| ControlFlow::Continue(()))

@@ -20,6 +20,7 @@
 
 pub mod bench;
 pub mod detect;
+pub mod kv_eval;
 pub mod llama_bench;
 pub mod perplexity;
 pub mod score;

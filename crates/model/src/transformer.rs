@@ -71,7 +71,8 @@ pub struct AttentionWeights<'a> {
     pub n_head: usize,
     /// Slots in the cache (after this batch was appended).
     pub n_slots: usize,
-    /// Softmax weights `[n_tokens, n_head, n_slots]`; masked slots hold 0.
+    /// Softmax weights `[n_tokens, n_head, n_slots]`; masked slots, and slots the
+    /// head's cache lane no longer holds (after eviction), hold 0.
     pub weights: &'a [f32],
 }
 
@@ -269,7 +270,7 @@ impl Model {
                     c.rope_style,
                 );
             }
-            cache.write(il, first_slot, &s.k, &s.v);
+            cache.write(il, &s.k, &s.v);
 
             let want_weights = observer.as_ref().is_some_and(|o| o.wants_layer(il));
             s.attn.resize(n * qd, 0.0);
@@ -527,9 +528,6 @@ impl Model {
         let n = batch.tokens.len();
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv;
-        let kvd = c.kv_dim();
-        let keys = cache.keys(layer);
-        let values = cache.values(layer);
         let positions = cache.positions();
         let window = if c.is_local_layer(layer) {
             c.sliding_window
@@ -552,6 +550,7 @@ impl Model {
         let scores = SharedOut::new(&mut s.scores);
         let attn = SharedOut::new(&mut s.attn);
         let q = &s.q;
+        // Whether query `i` may attend logical slot `j`.
         let visible = |i: usize, j: usize| -> bool {
             let causal = match batch.mask {
                 Some(mask) => mask[i * n_slots + j],
@@ -568,7 +567,10 @@ impl Model {
             let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
             for item in items {
                 let (i, h) = (item / c.n_head, item % c.n_head);
-                let g = h / group;
+                // The lane of this head's KV head: its own set of kept slots.
+                let lane = cache.lane(layer, h / group);
+                let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
+                let m = slots.len();
                 // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
                 let mut qh = [0f32; 512];
                 let qh = &mut qh[..hd];
@@ -581,21 +583,24 @@ impl Model {
                 let row = if keep_weights { item } else { task };
                 // SAFETY: scores row `row` and attn segment of `item` belong to this task.
                 let sc = unsafe { scores.slice(row * n_slots, n_slots) };
-                for (j, sj) in sc.iter_mut().enumerate() {
-                    *sj = if visible(i, j) {
-                        ops::dot_f32(qh, &keys[j * kvd + g * hd..j * kvd + (g + 1) * hd])
-                            * c.attn_scale
+                // sc[e]: score of lane entry e ([m] of the [n_slots] row).
+                for (e, sj) in sc[..m].iter_mut().enumerate() {
+                    *sj = if visible(i, slots[e] as usize) {
+                        ops::dot_f32(qh, &keys[e * hd..(e + 1) * hd]) * c.attn_scale
                     } else {
                         f32::NEG_INFINITY
                     };
                 }
-                ops::softmax_in_place(sc);
+                ops::softmax_in_place(&mut sc[..m]);
                 let out = unsafe { attn.slice((i * c.n_head + h) * hd, hd) };
                 out.fill(0.0);
-                for (j, &p) in sc.iter().enumerate() {
+                for (e, &p) in sc[..m].iter().enumerate() {
                     if p != 0.0 {
-                        ops::axpy(p, &values[j * kvd + g * hd..j * kvd + (g + 1) * hd], out);
+                        ops::axpy(p, &values[e * hd..(e + 1) * hd], out);
                     }
+                }
+                if keep_weights && m < n_slots {
+                    scatter_to_slots(sc, slots);
                 }
             }
         };
@@ -604,6 +609,23 @@ impl Model {
             Kernels::Fast => self.pool.run(n_tasks, &run),
         }
     }
+}
+
+/// Moves a lane's weights `row[..slots.len()]` (one per entry) to the entries' logical
+/// slots, zeroing the slots the lane does not hold.
+// row: [n_slots], first slots.len() meaningful -> row: [n_slots]
+fn scatter_to_slots(row: &mut [f32], slots: &[u32]) {
+    // slots[e] >= e and increasing, so moving from the back never overwrites an entry
+    // that is still to be read.
+    let mut end = row.len();
+    for (e, &s) in slots.iter().enumerate().rev() {
+        let s = s as usize;
+        let w = row[e];
+        row[s + 1..end].fill(0.0);
+        row[s] = w;
+        end = s;
+    }
+    row[..end].fill(0.0);
 }
 
 /// Reference linear layer: each weight row dequantised to f32, then f32 dot products.

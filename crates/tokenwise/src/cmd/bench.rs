@@ -15,7 +15,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget};
 use crate::models;
 
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// Other benchmarks (without one: prefill and decode speed).
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// Model file or alias (see `tokenwise models`).
     #[arg(long, short, default_value = models::DEFAULT_MODEL)]
     pub model: String,
@@ -46,7 +50,17 @@ pub struct Args {
     pub write_md: Option<PathBuf>,
 }
 
+#[derive(clap::Subcommand)]
+pub enum BenchCommand {
+    /// Speculative decoding: mean accepted length, drafted tokens per step and speedup
+    /// over plain greedy decoding on HumanEval, rewrite and chat prompts.
+    Spec(super::bench_spec::Args),
+}
+
 pub fn run(a: Args) -> Result<()> {
+    if let Some(BenchCommand::Spec(s)) = a.command {
+        return super::bench_spec::run(s);
+    }
     if a.repetitions == 0 {
         bail!("-r must be at least 1");
     }

@@ -39,6 +39,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let sampler = a.sampling.config()?;
     let (path, loaded) = models::load(&a.model, a.runtime.threads)?;
+    let sampler = a.sampling.with_dry_breakers(sampler, &loaded.tokenizer)?;
     if loaded.chat_template.is_none() {
         bail!(
             "{} has no chat template; use `tokenwise generate` instead",
@@ -52,8 +53,7 @@ pub fn run(a: Args) -> Result<()> {
         stop_at_eog: true,
         top_logprobs: 0,
         stop: Vec::new(),
-        lookahead: None,
-        contrastive: None,
+        ..GenerationParams::default()
     };
     let mut session = Session::new(&loaded, n_ctx)?;
     let system: Vec<ChatMessage> = a

@@ -11,7 +11,7 @@ use eval::sysinfo::{today_utc, MachineInfo};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::cmd::generate::SamplingArgs;
+use crate::cmd::sampling::SamplingArgs;
 use crate::models;
 
 #[derive(clap::Args)]
@@ -66,6 +66,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let passages = read_passages(&passages_path)?;
     let (path, loaded) = models::load(&a.model, a.threads)?;
+    let sampler = a.sampling.with_dry_breakers(sampler, &loaded.tokenizer)?;
     let opts = DetectOptions {
         n: a.n,
         sampler: sampler.clone(),

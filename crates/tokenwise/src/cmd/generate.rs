@@ -4,16 +4,16 @@
 use std::io::{self, IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use engine::{
-    ContrastiveConfig, GenerationParams, GenerationStats, LookaheadConfig, SamplerConfig, Session,
-    TokenEvent,
+    ContrastiveConfig, GenerationParams, GenerationStats, LookaheadConfig, Session, TokenEvent,
 };
 use model::chat::ChatMessage;
 use serde_json::json;
 
+pub use crate::cmd::sampling::SamplingArgs;
+use crate::cmd::speculative::SpeculativeArgs;
 use crate::models;
 
 #[derive(clap::Args)]
@@ -26,7 +26,7 @@ pub struct Args {
         long,
         short,
         conflicts_with = "prompt_file",
-        required_unless_present = "prompt_file"
+        required_unless_present_any = ["prompt_file", "counterfactual"]
     )]
     pub prompt: Option<String>,
     /// Read the prompt from a file (`-` for stdin).
@@ -50,6 +50,8 @@ pub struct Args {
     #[command(flatten)]
     pub sampling: SamplingArgs,
     #[command(flatten)]
+    pub speculative: SpeculativeArgs,
+    #[command(flatten)]
     pub lookahead: LookaheadArgs,
     #[command(flatten)]
     pub contrastive: ContrastiveArgs,
@@ -72,61 +74,21 @@ pub struct Args {
     /// With --jsonl: include the K most likely alternatives of each token.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub top_logprobs: usize,
+    /// Sample by the Gumbel-max trick and record each step's noise (seed and step) in
+    /// the --jsonl trace, so the generation can be replayed with --counterfactual.
+    #[arg(long)]
+    pub gumbel: bool,
+    /// Replay the --jsonl trace FILE of a --gumbel generation (its prompt and seed)
+    /// with one token edited (--edit), reusing the same noise: the continuation is what
+    /// the model would have said after the edit. Pass the same sampling flags.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["prompt", "prompt_file", "chat"], requires = "edit")]
+    pub counterfactual: Option<PathBuf>,
+    /// The edit for --counterfactual: STEP=TOKEN_ID (0-based step of the generation).
+    #[arg(long, value_name = "STEP=ID")]
+    pub edit: Option<String>,
     /// No timing summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-/// Sampling flags, shared with `chat`. The defaults are llama.cpp's.
-#[derive(clap::Args)]
-pub struct SamplingArgs {
-    /// Softmax temperature (0 = greedy). 0.8 is llama.cpp's default: a little sharper
-    /// than the model's distribution, which keeps small models on topic.
-    #[arg(long, default_value_t = 0.8)]
-    pub temperature: f32,
-    /// Always take the most likely token (same as --temperature 0).
-    #[arg(long)]
-    pub greedy: bool,
-    /// Keep the K most likely tokens (0 = off).
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    /// Drop tokens less likely than P times the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
-    /// Penalise tokens seen in the last --repeat-last-n tokens (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub repeat_penalty: f32,
-    #[arg(long, default_value_t = 64)]
-    pub repeat_last_n: usize,
-    /// Random seed (default: from the clock; the summary prints the one used).
-    #[arg(long)]
-    pub seed: Option<u64>,
-}
-
-impl SamplingArgs {
-    /// The sampler settings, validated, so a bad flag fails before the model loads.
-    pub fn config(&self) -> Result<SamplerConfig> {
-        let seed = self.seed.unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        let c = SamplerConfig {
-            temperature: if self.greedy { 0.0 } else { self.temperature },
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            seed,
-            repeat_penalty: self.repeat_penalty,
-            repeat_last_n: self.repeat_last_n,
-            ..SamplerConfig::default()
-        };
-        c.validate()?;
-        Ok(c)
-    }
 }
 
 /// Uncertainty-guided lookahead (AdaDec): off unless a threshold is given or calibrated.
@@ -230,7 +192,23 @@ pub enum ColorChoice {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let sampler = a.sampling.config()?;
+    let mut sampler = a.sampling.config()?;
+    let speculative = a.speculative.config()?;
+    let replay = match &a.counterfactual {
+        Some(trace) => {
+            let r = read_trace(trace, a.edit.as_deref().unwrap_or_default())?;
+            if a.sampling.seed.is_some_and(|s| s != r.seed) {
+                bail!(
+                    "--seed {} differs from the trace's seed {}",
+                    a.sampling.seed.unwrap_or(0),
+                    r.seed
+                );
+            }
+            sampler.seed = r.seed;
+            Some(r)
+        }
+        None => None,
+    };
     let prompt_text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) if f.as_os_str() == "-" => {
@@ -243,19 +221,28 @@ pub fn run(a: Args) -> Result<()> {
         (None, Some(f)) => {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
         }
+        (None, None) if replay.is_some() => String::new(),
         (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
     };
 
     let (path, loaded) = models::load(&a.model, a.runtime.threads)?;
+    let sampler = a.sampling.with_dry_breakers(sampler, &loaded.tokenizer)?;
     let n_ctx = models::context_size(&path, &loaded, a.runtime.ctx)?;
-    let prompt = prompt_ids(&loaded, &prompt_text, a.chat, a.system.as_deref())?;
+    let prompt = match &replay {
+        Some(r) => r.prompt_ids.clone(),
+        None => prompt_ids(&loaded, &prompt_text, a.chat, a.system.as_deref())?,
+    };
 
+    // Fields this command has no flag for keep their defaults (the update is needless
+    // only while every field has a flag).
+    #[allow(clippy::needless_update)]
     let params = GenerationParams {
         max_tokens: a.max_tokens,
         sampler,
         stop_at_eog: !a.ignore_eos,
         top_logprobs: if a.jsonl { a.top_logprobs } else { 0 },
         stop: a.stop.clone(),
+        report_stages: a.jsonl,
         lookahead: a.lookahead.config(&loaded)?,
         contrastive: match &a.contrastive.contrast_prompt {
             Some(lame) => {
@@ -270,7 +257,23 @@ pub fn run(a: Args) -> Result<()> {
             }
             None => None,
         },
+        gumbel_max: a.gumbel || replay.is_some(),
+        forced: replay
+            .as_ref()
+            .map(|r| r.forced.clone())
+            .unwrap_or_default(),
+        ..GenerationParams::default()
     };
+    if let Some(r) = &replay {
+        eprintln!(
+            "counterfactual: step {} was {} {:?}, now {} {:?}; steps before it replayed",
+            r.edit_step,
+            r.original,
+            loaded.tokenizer.token_text(r.original),
+            r.forced[r.edit_step],
+            loaded.tokenizer.token_text(r.forced[r.edit_step]),
+        );
+    }
     let colour = a.show_entropy
         && match a.color {
             ColorChoice::Always => true,
@@ -291,12 +294,29 @@ pub fn run(a: Args) -> Result<()> {
     let tok = &loaded.tokenizer;
     let mut out = io::stdout().lock();
     let mut write_error: Option<io::Error> = None;
-    let generation = session.generate(&prompt, &params, |e: &TokenEvent| {
+    let on_token = |e: &TokenEvent| {
         let r = if a.jsonl {
             let top: Vec<_> = e
                 .top
                 .iter()
                 .map(|&(id, lp)| json!([id, tok.token_text(id), lp]))
+                .collect();
+            // logprob/entropy/varentropy/rank: the model's own distribution; what the
+            // sampler chain did is in "stages" and "sampled_prob".
+            let stages: Vec<_> = e
+                .stages
+                .iter()
+                .map(|st| {
+                    let mut v = json!({
+                        "name": st.name,
+                        "removed_mass": st.removed_mass,
+                        "kept": st.kept,
+                    });
+                    if let Some((k, x)) = st.state {
+                        v[k] = json!(x);
+                    }
+                    v
+                })
                 .collect();
             let rec = json!({
                 "id": e.id,
@@ -304,8 +324,18 @@ pub fn run(a: Args) -> Result<()> {
                 "piece": tok.token_text(e.id),
                 "logprob": e.logprob,
                 "entropy": e.entropy,
+                "entropy_bits": e.entropy / std::f32::consts::LN_2,
+                "varentropy": e.varentropy,
                 "rank": e.rank,
                 "top": top,
+                "sampled_prob": e.sampled_prob,
+                "stages": stages,
+                "forced": e.forced,
+                "gumbel": e.gumbel.map(|g| json!({
+                    "seed": g.seed,
+                    "step": g.step,
+                    "noise": g.noise,
+                })),
             });
             writeln!(out, "{rec}")
         } else if colour {
@@ -324,7 +354,26 @@ pub fn run(a: Args) -> Result<()> {
                 ControlFlow::Break(())
             }
         }
-    })?;
+    };
+    let generation = match &speculative {
+        Some(c) => {
+            let mut speculator = engine::Speculator::new(c)?;
+            let g = session.generate_speculative(&prompt, &params, &mut speculator, on_token)?;
+            if !a.quiet {
+                let st = &g.spec;
+                eprintln!(
+                    "speculative ({}): {} steps, {} drafted, {} accepted, mean accepted length {:.2}",
+                    a.speculative.speculative,
+                    st.steps,
+                    st.drafted,
+                    st.accepted,
+                    st.mean_accepted_length()
+                );
+            }
+            g.generation
+        }
+        None => session.generate(&prompt, &params, on_token)?,
+    };
     if let Some(err) = write_error {
         // A closed pipe (`| head`) is the reader saying it has seen enough.
         if err.kind() == io::ErrorKind::BrokenPipe {
@@ -335,7 +384,10 @@ pub fn run(a: Args) -> Result<()> {
 
     let stats = &generation.stats;
     let end = if a.jsonl {
-        let rec = json!({ "summary": summary_json(stats, &params) });
+        let mut summary = summary_json(stats, &params);
+        summary["prompt_ids"] = json!(prompt);
+        summary["gumbel_max"] = json!(params.gumbel_max);
+        let rec = json!({ "summary": summary });
         writeln!(out, "{rec}")
     } else {
         // End the text with a newline so the shell prompt starts on its own line.
@@ -349,6 +401,89 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("{}", summary_text(stats, &params));
     }
     Ok(())
+}
+
+/// What `--counterfactual` replays: a recorded generation with one token edited.
+struct Replay {
+    prompt_ids: Vec<u32>,
+    seed: u64,
+    /// The recorded tokens up to and including the edited step, edit applied.
+    forced: Vec<u32>,
+    edit_step: usize,
+    original: u32,
+}
+
+/// Reads a `generate --jsonl --gumbel` trace and applies `edit` (`STEP=ID`).
+fn read_trace(path: &std::path::Path, edit: &str) -> Result<Replay> {
+    let (step, id) = edit
+        .split_once('=')
+        .and_then(|(s, t)| {
+            Some((
+                s.trim().parse::<usize>().ok()?,
+                t.trim().parse::<u32>().ok()?,
+            ))
+        })
+        .with_context(|| format!("--edit {edit:?}: expected STEP=TOKEN_ID"))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut tokens = Vec::new();
+    let mut summary = None;
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), n + 1))?;
+        if let Some(s) = v.get("summary") {
+            summary = Some(s.clone());
+        } else {
+            let id = v["id"]
+                .as_u64()
+                .with_context(|| format!("{}:{}: no token id", path.display(), n + 1))?;
+            tokens.push(id as u32);
+        }
+    }
+    let summary = summary.with_context(|| {
+        format!(
+            "{}: no summary record (was it written by generate --jsonl?)",
+            path.display()
+        )
+    })?;
+    if summary["gumbel_max"] != json!(true) {
+        bail!(
+            "{}: not a --gumbel trace; its noise cannot be replayed",
+            path.display()
+        );
+    }
+    let seed = summary["seed"]
+        .as_u64()
+        .context("the trace's summary has no seed")?;
+    let prompt_ids: Vec<u32> = summary["prompt_ids"]
+        .as_array()
+        .context("the trace's summary has no prompt_ids")?
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .map(|x| x as u32)
+                .context("a prompt id is not a number")
+        })
+        .collect::<Result<_>>()?;
+    if step >= tokens.len() {
+        bail!(
+            "--edit step {step} is past the trace's {} tokens",
+            tokens.len()
+        );
+    }
+    let original = tokens[step];
+    let mut forced = tokens[..=step].to_vec();
+    forced[step] = id;
+    Ok(Replay {
+        prompt_ids,
+        seed,
+        forced,
+        edit_step: step,
+        original,
+    })
 }
 
 /// A prompt's token ids: as written (special tokens parsed), or as one user message of

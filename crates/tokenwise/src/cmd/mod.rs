@@ -1,7 +1,12 @@
 pub mod bench;
+pub mod bench_spec;
 pub mod chat;
 pub mod detect_eval;
+pub mod eval_kv;
 pub mod generate;
 pub mod inspect;
+pub mod kv_args;
 pub mod perplexity;
+pub mod sampling;
 pub mod score;
+pub mod speculative;
