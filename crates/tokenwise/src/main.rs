@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate text from a prompt, streaming tokens (optionally with per-token entropy).
-    Generate(cmd::generate::Args),
+    Generate(Box<cmd::generate::Args>),
     /// Interactive chat using the model's chat template.
     Chat(cmd::chat::Args),
     /// Perplexity of a text file (llama.cpp's method) and bits per byte.
@@ -45,7 +45,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(a) => cmd::generate::run(a),
+        Command::Generate(a) => cmd::generate::run(*a),
         Command::Chat(a) => cmd::chat::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Score(a) => cmd::score::run(a),

@@ -12,6 +12,7 @@ use engine::{
 use model::chat::ChatMessage;
 use serde_json::json;
 
+use crate::cmd::kv_args::KvArgs;
 pub use crate::cmd::sampling::SamplingArgs;
 use crate::cmd::speculative::SpeculativeArgs;
 use crate::models;
@@ -51,6 +52,8 @@ pub struct Args {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub speculative: SpeculativeArgs,
+    #[command(flatten)]
+    pub kv: KvArgs,
     #[command(flatten)]
     pub lookahead: LookaheadArgs,
     #[command(flatten)]
@@ -194,6 +197,7 @@ pub enum ColorChoice {
 pub fn run(a: Args) -> Result<()> {
     let mut sampler = a.sampling.config()?;
     let speculative = a.speculative.config()?;
+    let kv = a.kv.options()?;
     let replay = match &a.counterfactual {
         Some(trace) => {
             let r = read_trace(trace, a.edit.as_deref().unwrap_or_default())?;
@@ -291,6 +295,9 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     let mut session = Session::new(&loaded, n_ctx)?;
+    if kv.policy != "full" {
+        session = session.with_kv(&kv)?;
+    }
     let tok = &loaded.tokenizer;
     let mut out = io::stdout().lock();
     let mut write_error: Option<io::Error> = None;

@@ -1,0 +1,495 @@
+//! Lossless speculative decoding (greedy): a drafter from the `spec` crate guesses a
+//! token tree, the model verifies the whole tree in one forward pass (tree attention
+//! mask, explicit positions), the longest path that greedy decoding would have taken
+//! is kept in the KV cache and everything else is dropped. The output is token for
+//! token that of [`Session::generate`] with a greedy sampler; only the number of
+//! forward passes changes.
+//!
+//! ```text
+//!   logits ─argmax─▶ root ─drafter─▶ tree ─forward(mask, base + depth)─▶ rows
+//!      ▲                                                                  │
+//!      └── row of the last accepted node ◀─ retain_slots(prefix + path) ◀─ verify_greedy
+//! ```
+
+use std::ops::ControlFlow;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use model::tokenizer::TextStream;
+use model::{Batch, LogitsFor};
+use sample::{argmax, token_report};
+use spec::{
+    verify_greedy, AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, LookupConfig, LookupDrafter,
+    RecycleConfig, RecycleDrafter, TokenTree,
+};
+
+use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
+use crate::stop::StopMatcher;
+use crate::{EngineError, Result, Session};
+
+/// Which drafter proposes the speculative tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpeculativeMethod {
+    /// Prompt lookup: n-gram matches over the prompt and the generated text.
+    Lookup,
+    /// Token Recycling: the model's own top-k successors from earlier verifications.
+    Recycle,
+}
+
+impl SpeculativeMethod {
+    pub const ALL: [SpeculativeMethod; 2] = [SpeculativeMethod::Lookup, SpeculativeMethod::Recycle];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpeculativeMethod::Lookup => "lookup",
+            SpeculativeMethod::Recycle => "recycle",
+        }
+    }
+}
+
+impl std::fmt::Display for SpeculativeMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SpeculativeMethod {
+    type Err = EngineError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lookup" => Ok(SpeculativeMethod::Lookup),
+            "recycle" => Ok(SpeculativeMethod::Recycle),
+            _ => Err(EngineError::Invalid(format!(
+                "unknown speculative method {s:?} (expected lookup or recycle)"
+            ))),
+        }
+    }
+}
+
+/// How to speculate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpeculativeConfig {
+    pub method: SpeculativeMethod,
+    /// Most draft tokens (tree nodes below the root) verified per step.
+    pub max_draft: usize,
+    /// Shrink the draft when little is accepted, down to plain decoding, and probe
+    /// again later. Off: always offer `max_draft`.
+    pub adaptive: bool,
+    /// Extra cost of one verified draft token relative to a single-token step: the
+    /// break-even the adaptive budget compares the acceptance with. `None`: measured
+    /// while generating (see [`spec::CostModel`]).
+    pub cost_per_token: Option<f64>,
+    /// Plain steps before drafting is retried once the budget has dropped to 0.
+    pub probe_after: usize,
+    pub lookup: LookupConfig,
+    pub recycle: RecycleConfig,
+}
+
+impl SpeculativeConfig {
+    /// Defaults for `method`: 8 draft tokens, adaptive.
+    pub fn new(method: SpeculativeMethod) -> SpeculativeConfig {
+        let adaptive = AdaptiveConfig::default();
+        SpeculativeConfig {
+            method,
+            max_draft: adaptive.max_budget,
+            adaptive: true,
+            cost_per_token: None,
+            probe_after: adaptive.probe_after,
+            lookup: LookupConfig::default(),
+            recycle: RecycleConfig::default(),
+        }
+    }
+
+    /// Checks every setting; errors are one line.
+    pub fn validate(&self) -> Result<()> {
+        self.adaptive_config()
+            .validate()
+            .map_err(EngineError::Invalid)?;
+        match self.method {
+            SpeculativeMethod::Lookup => self.lookup.validate(),
+            SpeculativeMethod::Recycle => self.recycle.validate(),
+        }
+        .map_err(EngineError::Invalid)
+    }
+
+    fn adaptive_config(&self) -> AdaptiveConfig {
+        AdaptiveConfig {
+            max_budget: self.max_draft,
+            cost_per_token: self
+                .cost_per_token
+                .unwrap_or(AdaptiveConfig::default().cost_per_token),
+            probe_after: self.probe_after,
+            fixed: !self.adaptive,
+            ..AdaptiveConfig::default()
+        }
+    }
+}
+
+/// A drafter and its adaptive budget. Keep one across calls: Token Recycling's
+/// successor map and the acceptance history carry over (the paper's "hot start").
+pub struct Speculator {
+    method: SpeculativeMethod,
+    drafter: Box<dyn Drafter + Send>,
+    budget: AdaptiveBudget,
+    /// `Some` when the draft cost is measured online.
+    cost: Option<CostModel>,
+}
+
+impl Speculator {
+    pub fn new(config: &SpeculativeConfig) -> Result<Speculator> {
+        config.validate()?;
+        let drafter: Box<dyn Drafter + Send> = match config.method {
+            SpeculativeMethod::Lookup => Box::new(LookupDrafter::new(config.lookup.clone())),
+            SpeculativeMethod::Recycle => Box::new(RecycleDrafter::new(config.recycle.clone())),
+        };
+        Ok(Speculator {
+            method: config.method,
+            drafter,
+            budget: AdaptiveBudget::new(config.adaptive_config()),
+            cost: config.cost_per_token.is_none().then(CostModel::default),
+        })
+    }
+
+    pub fn method(&self) -> SpeculativeMethod {
+        self.method
+    }
+
+    /// The draft budget the next step will use.
+    pub fn budget(&self) -> usize {
+        self.budget.budget()
+    }
+
+    /// The break-even cost of a draft token in use (measured or configured).
+    pub fn cost_per_token(&self) -> f64 {
+        self.budget.cost_per_token()
+    }
+
+    /// Bytes the drafter keeps between steps.
+    pub fn memory_bytes(&self) -> usize {
+        self.drafter.memory_bytes()
+    }
+}
+
+/// Counts of one speculative generation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpeculativeStats {
+    /// Verification forward passes (each emits its accepted drafts plus one token).
+    pub steps: usize,
+    /// Steps with a non-empty draft.
+    pub drafting_steps: usize,
+    /// Draft tokens verified (tree nodes below the root).
+    pub drafted: usize,
+    /// Draft tokens accepted.
+    pub accepted: usize,
+    /// Seconds spent in the drafter (proposing and observing), part of `decode_secs`.
+    pub draft_secs: f64,
+    /// The budget at the end (0: adaptivity fell back to plain decoding).
+    pub final_budget: usize,
+    /// The break-even cost of a draft token at the end, relative to a plain step.
+    pub cost_per_token: f64,
+}
+
+impl SpeculativeStats {
+    /// Tokens gained per verification step: `1 + accepted / steps` (1 = plain decoding).
+    pub fn mean_accepted_length(&self) -> f64 {
+        if self.steps == 0 {
+            1.0
+        } else {
+            1.0 + self.accepted as f64 / self.steps as f64
+        }
+    }
+
+    /// Draft tokens verified per step.
+    pub fn drafted_per_step(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.drafted as f64 / self.steps as f64
+        }
+    }
+
+    /// Share of the drafted tokens that were accepted.
+    pub fn acceptance_rate(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+}
+
+/// The result of [`Session::generate_speculative`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpeculativeGeneration {
+    /// As from [`Session::generate`]; `stats.decode_steps` counts verification passes.
+    pub generation: Generation,
+    pub spec: SpeculativeStats,
+}
+
+/// Turns chosen tokens into [`TokenEvent`]s with exactly `Session::generate`'s stop
+/// handling: end of generation, stop strings, `max_tokens`, a full context and the
+/// callback's cancellation.
+struct Emitter<'a, F> {
+    params: &'a GenerationParams,
+    tok: &'a model::tokenizer::Tokenizer,
+    stream: TextStream<'a>,
+    stop: StopMatcher,
+    prompt_len: usize,
+    n_ctx: usize,
+    generated: Vec<u32>,
+    text: String,
+    on_token: F,
+    /// Time spent in the callback (excluded from the decode time).
+    callback: Duration,
+}
+
+impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
+    /// Reports `id`, chosen from `logits`; `Some` when generation ends with it.
+    fn emit(&mut self, id: u32, logits: &[f32]) -> Option<StopReason> {
+        let index = self.generated.len();
+        // The model's own view of the token (temperature 1).
+        let report = token_report(logits, id, self.params.top_logprobs);
+        self.generated.push(id);
+        let mut shown = String::new();
+        let mut reason = None;
+        if self.params.stop_at_eog && self.tok.is_end_of_generation(id) {
+            reason = Some(StopReason::EndOfGeneration);
+        } else {
+            let (out, hit) = self.stop.push(&self.stream.push(id));
+            shown = out;
+            if hit {
+                reason = Some(StopReason::StopString);
+            }
+        }
+        if reason.is_none() {
+            if index + 1 == self.params.max_tokens {
+                reason = Some(StopReason::MaxTokens);
+            } else if self.prompt_len + index + 1 > self.n_ctx {
+                // Plain decoding would have no slot to feed this token into.
+                reason = Some(StopReason::ContextFull);
+            }
+        }
+        if reason.is_some() && reason != Some(StopReason::StopString) {
+            let (out, hit) = self.stop.push(&self.stream.finish());
+            shown.push_str(&out);
+            if hit {
+                reason = Some(StopReason::StopString);
+            } else {
+                shown.push_str(&self.stop.finish());
+            }
+        }
+        self.text.push_str(&shown);
+        let event = TokenEvent {
+            index,
+            id,
+            text: shown,
+            logprob: report.logprob,
+            entropy: report.entropy,
+            varentropy: report.varentropy,
+            rank: report.rank,
+            top: report.top,
+            // Greedy: no sampler stage does anything worth reporting.
+            stages: Vec::new(),
+            sampled_prob: None,
+            forced: false,
+            gumbel: None,
+        };
+        let t = Instant::now();
+        let flow = (self.on_token)(&event);
+        self.callback += t.elapsed();
+        reason.or(flow.is_break().then_some(StopReason::Cancelled))
+    }
+}
+
+impl<'m> Session<'m> {
+    /// Greedy generation with speculative decoding: the same tokens, events and stop
+    /// behaviour as [`Session::generate`] with a greedy sampler, in fewer forward
+    /// passes when the drafter guesses well.
+    ///
+    /// Only plain greedy decoding is supported for now (temperature 0, no penalties,
+    /// no logit bias, no lookahead or contrastive decoding): anything else is an
+    /// error. Afterwards the cache holds the prompt and every generated token but the
+    /// last, as after `generate`.
+    pub fn generate_speculative(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerationParams,
+        spec: &mut Speculator,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<SpeculativeGeneration> {
+        params.sampler.validate()?;
+        check_plain_greedy(params)?;
+        let t_prefill = Instant::now();
+        let info = self.sync_prompt(prompt)?;
+        let prefill_secs = t_prefill.elapsed().as_secs_f64();
+        let n_ctx = self.n_ctx();
+
+        let (loaded, state, tokens, logits) = self.parts_mut();
+        let vocab = loaded.model.config.vocab_size;
+        let mut em = Emitter {
+            params,
+            tok: &loaded.tokenizer,
+            stream: TextStream::new(&loaded.tokenizer),
+            stop: StopMatcher::new(&params.stop),
+            prompt_len: prompt.len(),
+            n_ctx,
+            generated: Vec::new(),
+            text: String::new(),
+            on_token,
+            callback: Duration::ZERO,
+        };
+        let mut stats = SpeculativeStats::default();
+        let mut history = prompt.to_vec();
+        let mut tree = TokenTree::new(0);
+        let mut positions = Vec::new();
+        let mut mask = Vec::new();
+        let mut rows: Vec<f32> = Vec::new();
+        let mut keep: Vec<usize> = Vec::new();
+        let mut stop_reason = StopReason::MaxTokens;
+        let start = Instant::now();
+
+        if params.max_tokens > 0 {
+            'outer: loop {
+                // The next token is the argmax of the logits after the cache.
+                let root = argmax(logits);
+                history.push(root);
+                if let Some(r) = em.emit(root, logits) {
+                    stop_reason = r;
+                    break;
+                }
+
+                // Draft below the root, within the tokens still wanted and the context.
+                let base = state.cache.len();
+                let room = n_ctx - base - 1;
+                let max_depth = (params.max_tokens - em.generated.len()).min(room);
+                // Until a plain step has been timed, the draft cost is unknown.
+                let timing_plain = spec.cost.as_ref().is_some_and(|c| !c.has_single());
+                let budget = if timing_plain {
+                    0
+                } else {
+                    spec.budget.budget().min(room)
+                };
+                tree.reset(root);
+                let t_draft = Instant::now();
+                if budget > 0 && max_depth > 0 {
+                    spec.drafter.propose(&history, &mut tree, budget, max_depth);
+                }
+                stats.draft_secs += t_draft.elapsed().as_secs_f64();
+
+                // Verify the whole tree in one pass: node i at position base + depth,
+                // seeing the prefix and its ancestors.
+                let n = tree.len();
+                tree.positions(state.cache.next_position(), &mut positions);
+                let batch = if n == 1 {
+                    Batch::causal(tree.tokens(), &positions)
+                } else {
+                    tree.mask(base, &mut mask);
+                    Batch {
+                        tokens: tree.tokens(),
+                        positions: &positions,
+                        mask: Some(&mask),
+                        logits: LogitsFor::All,
+                    }
+                };
+                let t_forward = Instant::now();
+                let out = loaded.model.forward(state, &batch, None)?;
+                rows.clear();
+                rows.extend_from_slice(&out[..n * vocab]);
+                if let Some(cost) = &mut spec.cost {
+                    cost.record(n, t_forward.elapsed().as_secs_f64());
+                    if let Some(c) = cost.cost_per_token() {
+                        spec.budget.set_cost_per_token(c);
+                    }
+                }
+                let row = |node: usize| &rows[node * vocab..(node + 1) * vocab];
+                let verdict = verify_greedy(&tree, |node| argmax(row(node)));
+                stats.steps += 1;
+                stats.drafted += tree.n_draft();
+                stats.accepted += verdict.n_accepted();
+                stats.drafting_steps += usize::from(n > 1);
+                let t_observe = Instant::now();
+                spec.drafter.observe(&tree, &rows, vocab, &verdict.accepted);
+                spec.budget.record(tree.n_draft(), verdict.n_accepted());
+                stats.draft_secs += t_observe.elapsed().as_secs_f64();
+
+                // Keep the prefix and the accepted path; drop rejected branches.
+                let path = &verdict.accepted;
+                if path.iter().enumerate().all(|(i, &node)| i == node) {
+                    state.cache.truncate(base + path.len());
+                } else {
+                    keep.clear();
+                    keep.extend(0..base);
+                    keep.extend(path.iter().map(|&node| base + node));
+                    state.cache.retain_slots(&keep);
+                }
+                tokens.extend(path.iter().map(|&node| tree.token(node)));
+                let last = *path.last().unwrap_or(&0);
+                logits.clear();
+                logits.extend_from_slice(row(last));
+
+                // Report the accepted drafts; each was chosen from its parent's row.
+                for (j, pair) in path.windows(2).enumerate() {
+                    let id = tree.token(pair[1]);
+                    history.push(id);
+                    if let Some(r) = em.emit(id, row(pair[0])) {
+                        // As after plain decoding: the cache ends before the last
+                        // token, the logits are those it was chosen from.
+                        stop_reason = r;
+                        let len = base + j + 1;
+                        state.cache.truncate(len);
+                        tokens.truncate(len);
+                        logits.clear();
+                        logits.extend_from_slice(row(pair[0]));
+                        break 'outer;
+                    }
+                }
+            }
+        }
+        let decode = start.elapsed().saturating_sub(em.callback);
+        stats.final_budget = spec.budget.budget();
+        stats.cost_per_token = spec.budget.cost_per_token();
+        Ok(SpeculativeGeneration {
+            generation: Generation {
+                stats: GenerationStats {
+                    prompt_tokens: prompt.len(),
+                    reused_tokens: info.reused,
+                    prefill_secs,
+                    generated_tokens: em.generated.len(),
+                    decode_steps: stats.steps,
+                    decode_secs: decode.as_secs_f64(),
+                    stop_reason,
+                    ..GenerationStats::default()
+                },
+                tokens: em.generated,
+                text: em.text,
+            },
+            spec: stats,
+        })
+    }
+}
+
+/// Speculation here is verified against the argmax, so anything that changes the
+/// choice (sampling, penalties, bias, lookahead, contrast) is refused.
+fn check_plain_greedy(params: &GenerationParams) -> Result<()> {
+    let s = &params.sampler;
+    let plain = s.is_greedy()
+        && s.repeat_penalty == 1.0
+        && s.frequency_penalty == 0.0
+        && s.presence_penalty == 0.0
+        && s.dry_multiplier == 0.0
+        && s.logit_bias.is_empty()
+        && !params.gumbel_max
+        && params.forced.is_empty()
+        && params.lookahead.is_none()
+        && params.contrastive.is_none();
+    if plain {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(
+            "speculative decoding is greedy-only for now: use temperature 0 without \
+             penalties, logit bias, forced tokens, lookahead or contrastive decoding"
+                .into(),
+        ))
+    }
+}

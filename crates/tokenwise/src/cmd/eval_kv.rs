@@ -1,0 +1,136 @@
+//! `tokenwise eval kv`: KV eviction policies × budgets against perplexity of a long
+//! text, passkey retrieval, KV bytes held and decode speed (see `eval::kv_eval`);
+//! writes a markdown table and a CSV.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use engine::{Budget, PolicyParams};
+use eval::kv_eval::{csv, load_long_text, markdown_table, run_kv_eval, KvEvalOptions};
+
+use crate::models;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    pub command: EvalCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum EvalCommand {
+    /// KV eviction policies: perplexity of a long text, passkey retrieval, KV bytes and
+    /// decode speed for each policy and budget.
+    Kv(Args),
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, short, default_value = models::DEFAULT_MODEL)]
+    pub model: String,
+    /// Policies to compare (comma-separated); `full` runs once, without a budget.
+    #[arg(long, value_delimiter = ',', default_value = "full,window,h2o,tova")]
+    pub policies: Vec<String>,
+    /// Budgets (comma-separated): tokens per layer and KV head, or PERCENT% of each
+    /// task's context.
+    #[arg(long, value_delimiter = ',', default_value = "25%,50%", value_parser = parse_budget)]
+    pub budgets: Vec<Budget>,
+    /// Tokens of the long text scored for perplexity (0 skips it).
+    #[arg(long, default_value_t = 8192)]
+    pub ppl_tokens: usize,
+    /// Directory of reST files for the long text (default: the Python 3.11 docs that
+    /// scripts/fetch_eval_text.py extracts into the cache).
+    #[arg(long, value_name = "DIR")]
+    pub text_dir: Option<PathBuf>,
+    /// Passkey context lengths in tokens (comma-separated; empty skips passkey).
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+    pub passkey_lengths: Vec<usize>,
+    /// Passkey trials per length (depths cycle through 10%..90%).
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// Tokens per forward call; the cache is evicted to the budget after each.
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
+    /// Attention-sink tokens of the window policy.
+    #[arg(long, default_value_t = 4)]
+    pub sinks: usize,
+    /// Observation window (queries) of the snapkv policy.
+    #[arg(long, default_value_t = 32)]
+    pub obs_window: usize,
+    /// Passkey: hold the whole prompt, then compress it once at its end (SnapKV's
+    /// setting) instead of evicting after every chunk.
+    #[arg(long)]
+    pub compress_after_prompt: bool,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Worker threads (default: available cores, at most 8).
+    #[arg(long, short)]
+    pub threads: Option<usize>,
+    /// Write the CSV here.
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
+    /// Write the markdown table here.
+    #[arg(long, value_name = "FILE")]
+    pub md: Option<PathBuf>,
+}
+
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    s.parse().map_err(|e: engine::KvError| e.to_string())
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    match a.command {
+        EvalCommand::Kv(a) => run_kv(a),
+    }
+}
+
+fn run_kv(a: Args) -> Result<()> {
+    let params = PolicyParams {
+        n_sink: a.sinks,
+        obs_window: a.obs_window,
+        ..PolicyParams::default()
+    };
+    let mut cells = Vec::new();
+    for p in &a.policies {
+        engine::policy_from_name(p, &params).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if p.eq_ignore_ascii_case("full") {
+            cells.push((p.clone(), None));
+        } else {
+            cells.extend(a.budgets.iter().map(|b| (p.clone(), Some(*b))));
+        }
+    }
+    let (_, loaded) = models::load(&a.model, a.threads)?;
+    let text_ids = if a.ppl_tokens > 0 {
+        let dir = match &a.text_dir {
+            Some(d) => d.clone(),
+            None => models::cache_dir()
+                .parent()
+                .map(|p| p.join("data/python3.11-doc/usr/share/doc/python3.11/html/_sources"))
+                .context("no cache directory")?,
+        };
+        // About 3.5 characters per token in reST; read a margin more.
+        let text = load_long_text(&dir, a.ppl_tokens * 6)?;
+        loaded.tokenizer.encode_prompt(&text)?
+    } else {
+        Vec::new()
+    };
+    let opts = KvEvalOptions {
+        cells,
+        params,
+        chunk: a.chunk,
+        ppl_tokens: a.ppl_tokens,
+        passkey_lengths: a.passkey_lengths.clone(),
+        passkey_trials: a.trials,
+        compress_after_prompt: a.compress_after_prompt,
+        seed: a.seed,
+    };
+    let rows = run_kv_eval(&loaded, &text_ids, &opts, |line| eprintln!("{line}"))?;
+    let md = markdown_table(&rows);
+    print!("{md}");
+    if let Some(p) = &a.md {
+        std::fs::write(p, &md).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.csv {
+        std::fs::write(p, csv(&rows)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
