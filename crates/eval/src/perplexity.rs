@@ -166,6 +166,27 @@ impl Scorer for ModelScorer<'_> {
     }
 }
 
+/// Checks `ctx` against the model's training context and tokenises `text` as data
+/// (BOS when the model adds one; special-token markup written in the text is not
+/// parsed). Returns the tokens, the BOS id that windows start with (`None` when the
+/// model adds none) and a scorer with a cache of `ctx` slots.
+pub(crate) fn prepare_text<'m>(
+    model: &'m LoadedModel,
+    text: &str,
+    ctx: usize,
+) -> Result<(Vec<u32>, Option<u32>, ModelScorer<'m>)> {
+    let n_ctx_train = model.model.config.context_length;
+    if ctx > n_ctx_train {
+        return Err(EvalError::Input(format!(
+            "a context of {ctx} tokens is larger than the model's context ({n_ctx_train} tokens)"
+        )));
+    }
+    let tok = &model.tokenizer;
+    let tokens = tok.encode(text, true, false)?;
+    let bos = if tok.adds_bos() { tok.bos_id() } else { None };
+    Ok((tokens, bos, ModelScorer::new(&model.model, ctx)))
+}
+
 /// Perplexity of `text` under `model` with windows of `ctx` tokens, each run in
 /// sub-batches of at most `batch` tokens (which bounds the logits held at once to
 /// `batch * vocab` floats; the result does not depend on it beyond float rounding).
@@ -182,17 +203,9 @@ pub fn perplexity(
     batch: usize,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityReport> {
-    let n_ctx_train = model.model.config.context_length;
-    if ctx > n_ctx_train {
-        return Err(EvalError::Input(format!(
-            "a context of {ctx} tokens is larger than the model's context ({n_ctx_train} tokens)"
-        )));
-    }
-    let tok = &model.tokenizer;
     // llama-perplexity: common_tokenize(ctx, text, add_special = true, parse_special = false).
-    let tokens = tok.encode(text, true, false)?;
-    let bos = if tok.adds_bos() { tok.bos_id() } else { None };
-    let mut scorer = ModelScorer::new(&model.model, ctx);
+    let (tokens, bos, mut scorer) = prepare_text(model, text, ctx)?;
+    let tok = &model.tokenizer;
     perplexity_of_tokens(
         &mut scorer,
         &tokens,

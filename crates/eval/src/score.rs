@@ -12,7 +12,7 @@
 use model::LoadedModel;
 use sample::{token_report, TokenReport};
 
-use crate::perplexity::{ModelScorer, Scorer};
+use crate::perplexity::{prepare_text, Scorer};
 use crate::{EvalError, Result};
 
 /// One scored token.
@@ -92,17 +92,8 @@ pub fn score_text(
     on_token: &mut dyn FnMut(&ScoredToken),
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ScoreReport> {
-    let n_ctx_train = model.model.config.context_length;
-    if ctx > n_ctx_train {
-        return Err(EvalError::Input(format!(
-            "a context of {ctx} tokens is larger than the model's context ({n_ctx_train} tokens)"
-        )));
-    }
+    let (tokens, bos, mut scorer) = prepare_text(model, text, ctx)?;
     let tok = &model.tokenizer;
-    // Text is data: special-token markup written in it is not parsed.
-    let tokens = tok.encode(text, true, false)?;
-    let bos = if tok.adds_bos() { tok.bos_id() } else { None };
-    let mut scorer = ModelScorer::new(&model.model, ctx);
     score_tokens(
         &mut scorer,
         &tokens,
