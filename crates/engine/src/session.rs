@@ -466,6 +466,8 @@ impl<'m> Session<'m> {
         for index in 0..params.max_tokens {
             work.clear();
             work.extend_from_slice(&self.logits);
+            // Whether `work` still holds the model's own logits (contrast rewrites it).
+            let mut work_is_model = true;
             if let Some(c) = params
                 .contrastive
                 .as_ref()
@@ -492,6 +494,7 @@ impl<'m> Session<'m> {
                     c.alpha,
                     c.plausibility,
                 );
+                work_is_model = false;
                 contrastive_stats.contrasted += 1;
                 if argmax(&work) != argmax(&self.logits) {
                     contrastive_stats.changed += 1;
@@ -504,6 +507,9 @@ impl<'m> Session<'m> {
                 .filter(|la| sample::entropy(&self.logits) > la.entropy_threshold);
             let mut stages = Vec::new();
             let mut sampled_prob = None;
+            // The model's own view of the token (temperature 1, before any stage), when
+            // the sampler's report already computed it on the model's logits.
+            let mut model_view = None;
             let step = sampler.step();
             let id = match pause {
                 _ if index < params.forced.len() => {
@@ -513,15 +519,19 @@ impl<'m> Session<'m> {
                 }
                 Some(la) => self.lookahead_choice(la, &mut lookahead_stats)?,
                 None if params.report_stages => {
-                    let (id, report) = sampler.sample_with_report(&mut work, &history, 0)?;
+                    let (id, report) =
+                        sampler.sample_with_report(&mut work, &history, params.top_logprobs)?;
                     stages = report.stages;
                     sampled_prob = Some(report.sampled_prob);
+                    if work_is_model {
+                        model_view = Some(report.token);
+                    }
                     id
                 }
                 None => sampler.sample(&mut work, &history)?,
             };
-            // The model's own view of the token (temperature 1, before any stage).
-            let report = token_report(&self.logits, id, params.top_logprobs);
+            let report =
+                model_view.unwrap_or_else(|| token_report(&self.logits, id, params.top_logprobs));
             generated.push(id);
             history.push(id);
 
