@@ -3,7 +3,6 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use model::tokenizer::TextStream;
 use model::{Batch, LoadedModel, ModelError, SequenceState};
 use sample::{
     argmax, gumbel_noise, token_report, token_stats, top_k_logprobs, Sampler, SamplerConfig,
@@ -13,7 +12,7 @@ use sample::{
 use crate::contrastive::{contrast_in_place, ContrastiveConfig, ContrastiveStats};
 use crate::kv::{KvController, KvOptions, KvStats};
 use crate::lookahead::{LookaheadConfig, LookaheadStats};
-use crate::stop::StopMatcher;
+use crate::stop::TokenText;
 use crate::{EngineError, Result};
 
 /// Tokens per forward call while prefilling. Long prompts are split so the forward
@@ -452,8 +451,7 @@ impl<'m> Session<'m> {
         let prefill_secs = t_prefill.elapsed().as_secs_f64();
 
         let tok = &self.model.tokenizer;
-        let mut stream = TextStream::new(tok);
-        let mut stop = StopMatcher::new(&params.stop);
+        let mut token_text = TokenText::new(tok, &params.stop);
         let mut history = prompt.to_vec();
         let mut work = Vec::with_capacity(self.logits.len());
         let mut generated = Vec::new();
@@ -537,34 +535,18 @@ impl<'m> Session<'m> {
 
             // Decide now whether this is the last token, so held-back text can be
             // released with it.
-            let mut shown = String::new();
-            let mut reason = None;
-            if params.stop_at_eog && tok.is_end_of_generation(id) {
-                reason = Some(StopReason::EndOfGeneration);
+            let limit = if index + 1 == params.max_tokens {
+                Some(StopReason::MaxTokens)
+            } else if self.tokens.len() + 1 > self.n_ctx() {
+                Some(StopReason::ContextFull)
             } else {
-                let (out, hit) = stop.push(&stream.push(id));
-                shown = out;
-                if hit {
-                    reason = Some(StopReason::StopString);
-                }
-            }
-            if reason.is_none() {
-                if index + 1 == params.max_tokens {
-                    reason = Some(StopReason::MaxTokens);
-                } else if self.tokens.len() + 1 > self.n_ctx() {
-                    reason = Some(StopReason::ContextFull);
-                }
-            }
-            if reason.is_some() && reason != Some(StopReason::StopString) {
-                // Flush an incomplete character and text held for stop strings.
-                let (out, hit) = stop.push(&stream.finish());
-                shown.push_str(&out);
-                if hit {
-                    reason = Some(StopReason::StopString);
-                } else {
-                    shown.push_str(&stop.finish());
-                }
-            }
+                None
+            };
+            let (shown, reason) = token_text.push(
+                id,
+                params.stop_at_eog && tok.is_end_of_generation(id),
+                limit,
+            );
             text.push_str(&shown);
             decode += t.elapsed();
 

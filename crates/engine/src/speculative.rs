@@ -15,7 +15,6 @@ use std::ops::ControlFlow;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use model::tokenizer::TextStream;
 use model::{Batch, LogitsFor};
 use sample::{argmax, token_report};
 use spec::{
@@ -24,7 +23,7 @@ use spec::{
 };
 
 use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
-use crate::stop::StopMatcher;
+use crate::stop::TokenText;
 use crate::{EngineError, Result, Session};
 
 /// Which drafter proposes the speculative tokens.
@@ -233,8 +232,7 @@ pub struct SpeculativeGeneration {
 struct Emitter<'a, F> {
     params: &'a GenerationParams,
     tok: &'a model::tokenizer::Tokenizer,
-    stream: TextStream<'a>,
-    stop: StopMatcher,
+    token_text: TokenText<'a>,
     prompt_len: usize,
     n_ctx: usize,
     generated: Vec<u32>,
@@ -251,34 +249,16 @@ impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
         // The model's own view of the token (temperature 1).
         let report = token_report(logits, id, self.params.top_logprobs);
         self.generated.push(id);
-        let mut shown = String::new();
-        let mut reason = None;
-        if self.params.stop_at_eog && self.tok.is_end_of_generation(id) {
-            reason = Some(StopReason::EndOfGeneration);
+        let limit = if index + 1 == self.params.max_tokens {
+            Some(StopReason::MaxTokens)
+        } else if self.prompt_len + index + 1 > self.n_ctx {
+            // Plain decoding would have no slot to feed this token into.
+            Some(StopReason::ContextFull)
         } else {
-            let (out, hit) = self.stop.push(&self.stream.push(id));
-            shown = out;
-            if hit {
-                reason = Some(StopReason::StopString);
-            }
-        }
-        if reason.is_none() {
-            if index + 1 == self.params.max_tokens {
-                reason = Some(StopReason::MaxTokens);
-            } else if self.prompt_len + index + 1 > self.n_ctx {
-                // Plain decoding would have no slot to feed this token into.
-                reason = Some(StopReason::ContextFull);
-            }
-        }
-        if reason.is_some() && reason != Some(StopReason::StopString) {
-            let (out, hit) = self.stop.push(&self.stream.finish());
-            shown.push_str(&out);
-            if hit {
-                reason = Some(StopReason::StopString);
-            } else {
-                shown.push_str(&self.stop.finish());
-            }
-        }
+            None
+        };
+        let eog = self.params.stop_at_eog && self.tok.is_end_of_generation(id);
+        let (shown, reason) = self.token_text.push(id, eog, limit);
         self.text.push_str(&shown);
         let event = TokenEvent {
             index,
@@ -330,8 +310,7 @@ impl<'m> Session<'m> {
         let mut em = Emitter {
             params,
             tok: &loaded.tokenizer,
-            stream: TextStream::new(&loaded.tokenizer),
-            stop: StopMatcher::new(&params.stop),
+            token_text: TokenText::new(&loaded.tokenizer, &params.stop),
             prompt_len: prompt.len(),
             n_ctx,
             generated: Vec::new(),

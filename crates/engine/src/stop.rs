@@ -6,6 +6,8 @@
 //! concatenation of everything released is therefore exactly the text before the first
 //! stop string, and nothing of the stop string is ever shown.
 
+use crate::StopReason;
+
 /// Accumulates generated text and releases what is safe to show.
 #[derive(Clone, Debug, Default)]
 pub struct StopMatcher {
@@ -81,6 +83,61 @@ impl StopMatcher {
             .map(|(i, _)| &unreleased[i..])
             .find(|suffix| self.stops.iter().any(|s| s.starts_with(suffix)))
             .map_or(0, str::len)
+    }
+}
+
+/// What the generation loops show for each chosen token and whether generation ends
+/// with it: the token's text (complete UTF-8 only, minus anything that may begin a stop
+/// string), end of generation, stop strings, and a limit reached. One implementation so
+/// that plain and speculative decoding emit exactly the same text and stop reasons.
+pub(crate) struct TokenText<'a> {
+    stream: model::tokenizer::TextStream<'a>,
+    stop: StopMatcher,
+}
+
+impl<'a> TokenText<'a> {
+    pub(crate) fn new(tok: &'a model::tokenizer::Tokenizer, stops: &[String]) -> Self {
+        TokenText {
+            stream: model::tokenizer::TextStream::new(tok),
+            stop: StopMatcher::new(stops),
+        }
+    }
+
+    /// Takes token `id`. `end_of_generation`: the token ends generation and shows no
+    /// text; `limit`: why generation must end after this token if nothing else ends it
+    /// (`max_tokens`, a full context). Returns the text to show now and the reason
+    /// generation ends, if it does. At the end, an incomplete character and text held
+    /// back for stop strings are flushed (unless a stop string was hit).
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        end_of_generation: bool,
+        limit: Option<StopReason>,
+    ) -> (String, Option<StopReason>) {
+        let mut shown = String::new();
+        let mut reason = None;
+        if end_of_generation {
+            reason = Some(StopReason::EndOfGeneration);
+        } else {
+            let (out, hit) = self.stop.push(&self.stream.push(id));
+            shown = out;
+            if hit {
+                reason = Some(StopReason::StopString);
+            }
+        }
+        if reason.is_none() {
+            reason = limit;
+        }
+        if reason.is_some() && reason != Some(StopReason::StopString) {
+            let (out, hit) = self.stop.push(&self.stream.finish());
+            shown.push_str(&out);
+            if hit {
+                reason = Some(StopReason::StopString);
+            } else {
+                shown.push_str(&self.stop.finish());
+            }
+        }
+        (shown, reason)
     }
 }
 
