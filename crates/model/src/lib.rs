@@ -25,7 +25,8 @@ pub use config::{Activation, Architecture, ModelConfig, RopeStyle};
 pub use kv_cache::KvCache;
 pub use tokenizer::Tokenizer;
 pub use transformer::{
-    AttentionObserver, AttentionWeights, Batch, Kernels, LogitsFor, Model, SequenceState,
+    AttentionObserver, AttentionWeights, Batch, ForwardScratch, Kernels, LogitsFor, Model,
+    SequenceBatch, SequenceState,
 };
 
 /// Everything that can go wrong loading or running a model. Messages are one line.

@@ -112,21 +112,50 @@ struct Scratch {
     angles_local: Vec<(f32, f32)>,
     out_rows: Vec<usize>,
     logits: Vec<f32>,
+    /// RoPE position of every batch row (all sequences).
+    positions: Vec<usize>,
+    /// First batch row of each sequence.
+    row0: Vec<usize>,
+    /// (first slot, slots after the batch) of each sequence's cache.
+    slots: Vec<(usize, usize)>,
 }
+
+/// The forward pass's reusable buffers, for [`Model::forward_many`] (a scheduler keeps
+/// one for all its sequences; [`SequenceState`] holds its own for [`Model::forward`]).
+#[derive(Default)]
+pub struct ForwardScratch(Scratch);
 
 /// A sequence's state: its KV cache and the forward pass's scratch buffers.
 pub struct SequenceState {
     pub cache: KvCache,
-    scratch: Scratch,
+    scratch: ForwardScratch,
 }
 
 impl SequenceState {
     pub fn new(config: &ModelConfig, capacity: usize) -> SequenceState {
         SequenceState {
             cache: KvCache::new(config, capacity),
-            scratch: Scratch::default(),
+            scratch: ForwardScratch::default(),
         }
     }
+}
+
+/// One sequence's part of a [`Model::forward_many`] call.
+pub struct SequenceBatch<'c, 'b> {
+    pub cache: &'c mut KvCache,
+    pub batch: Batch<'b>,
+    pub observer: Option<&'c mut dyn AttentionObserver>,
+}
+
+/// Which batch rows one attention call serves: sequence `batch`'s tokens, stored from
+/// row `row0` of the scratch's q/attn, against a cache of `n_slots` slots of which
+/// the batch appended those from `first_slot`.
+#[derive(Clone, Copy)]
+struct AttentionRows<'a, 'b> {
+    batch: &'a Batch<'b>,
+    row0: usize,
+    first_slot: usize,
+    n_slots: usize,
 }
 
 pub struct Model {
@@ -188,30 +217,113 @@ impl Model {
         &self,
         state: &'s mut SequenceState,
         batch: &Batch<'_>,
-        mut observer: Option<&mut dyn AttentionObserver>,
+        observer: Option<&mut dyn AttentionObserver>,
     ) -> Result<&'s [f32]> {
+        let SequenceState { cache, scratch } = state;
+        let mut seqs = [SequenceBatch {
+            cache,
+            batch: *batch,
+            // Re-coerced so the trait object's lifetime can shrink to the cache borrow's.
+            observer: observer.map(|o| o as &mut dyn AttentionObserver),
+        }];
+        self.run_layers(&mut seqs, &mut scratch.0, None)?;
+        Ok(&scratch.0.logits)
+    }
+
+    /// Like [`Model::forward`], but runs only the layers whose `layers[il]` is true
+    /// (self-speculative drafting skips some). Skipped layers leave the residual stream
+    /// unchanged; their cache lanes get placeholder entries, so a state used with one
+    /// set of layers must not later be used with more.
+    pub fn forward_layers<'s>(
+        &self,
+        state: &'s mut SequenceState,
+        batch: &Batch<'_>,
+        layers: &[bool],
+    ) -> Result<&'s [f32]> {
+        if layers.len() != self.config.n_layer {
+            return Err(ModelError::Input(format!(
+                "layer mask has {} entries, the model has {} layers",
+                layers.len(),
+                self.config.n_layer
+            )));
+        }
+        let SequenceState { cache, scratch } = state;
+        let mut seqs = [SequenceBatch {
+            cache,
+            batch: *batch,
+            observer: None,
+        }];
+        self.run_layers(&mut seqs, &mut scratch.0, Some(layers))?;
+        Ok(&scratch.0.logits)
+    }
+
+    /// One forward pass over several sequences at once (continuous batching): every
+    /// linear layer reads its weights once for all the sequences' tokens, attention
+    /// runs per sequence against its own cache. Returns the requested logits rows of
+    /// every sequence, sequence after sequence: `[sum_k n_requested_k, vocab]`.
+    ///
+    /// Each row's result is bit-identical to [`Model::forward`] on that sequence alone:
+    /// every output element is one dot product computed in one task, and the one-row
+    /// and multi-row kernels sum in the same order (tests/forward_many.rs holds this).
+    pub fn forward_many<'s>(
+        &self,
+        scratch: &'s mut ForwardScratch,
+        seqs: &mut [SequenceBatch<'_, '_>],
+    ) -> Result<&'s [f32]> {
+        self.run_layers(seqs, &mut scratch.0, None)?;
+        Ok(&scratch.0.logits)
+    }
+
+    fn run_layers(
+        &self,
+        seqs: &mut [SequenceBatch<'_, '_>],
+        s: &mut Scratch,
+        layers: Option<&[bool]>,
+    ) -> Result<()> {
         let c = &self.config;
-        let n = batch.tokens.len();
-        self.validate(state, batch)?;
-        let SequenceState { cache, scratch: s } = state;
+        if seqs.is_empty() {
+            return Err(ModelError::Input("no sequences in the batch".into()));
+        }
+        for seq in seqs.iter() {
+            self.validate(seq.cache, &seq.batch)?;
+        }
         let (e, qd, kvd, ff) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff);
+        // Rows of the batch: every sequence's tokens, concatenated.
+        // row0[k]: first row of sequence k; n: all rows.
+        s.row0.clear();
+        s.positions.clear();
+        for seq in seqs.iter() {
+            s.row0.push(s.positions.len());
+            s.positions.extend_from_slice(seq.batch.positions);
+        }
+        let n = s.positions.len();
 
         // Embeddings. x: [n, e]
         s.x.resize(n * e, 0.0);
-        for (i, &t) in batch.tokens.iter().enumerate() {
-            let row = &mut s.x[i * e..(i + 1) * e];
-            self.weights.token_embd.dequantize_row(t as usize, row)?;
-            if let Some(scale) = c.embed_scale {
-                // Gemma scales embeddings by sqrt(n_embd) (in the model's dtype).
-                row.iter_mut().for_each(|v| *v *= scale);
+        for (k, seq) in seqs.iter().enumerate() {
+            for (i, &t) in seq.batch.tokens.iter().enumerate() {
+                let r = s.row0[k] + i;
+                let row = &mut s.x[r * e..(r + 1) * e];
+                self.weights.token_embd.dequantize_row(t as usize, row)?;
+                if let Some(scale) = c.embed_scale {
+                    // Gemma scales embeddings by sqrt(n_embd) (in the model's dtype).
+                    row.iter_mut().for_each(|v| *v *= scale);
+                }
             }
         }
 
-        let first_slot = cache.len();
-        cache.begin_append(batch.positions);
-        let n_slots = cache.len();
+        // Slots of each sequence's cache before and after this batch.
+        s.slots.clear();
+        for seq in seqs.iter_mut() {
+            let first_slot = seq.cache.len();
+            seq.cache.begin_append(seq.batch.positions);
+            s.slots.push((first_slot, seq.cache.len()));
+        }
 
         for (il, lw) in self.weights.layers.iter().enumerate() {
+            if layers.is_some_and(|l| !l[il]) {
+                continue;
+            }
             // --- attention block ---
             // xn = rms_norm(x) * attn_norm
             s.xn.resize(n * e, 0.0);
@@ -256,7 +368,7 @@ impl Model {
                     &mut s.angles
                 };
                 angles.resize(c.head_dim / 2, (0.0, 0.0));
-                ops::rope_angles(batch.positions[i], base, c.head_dim, angles);
+                ops::rope_angles(s.positions[i], base, c.head_dim, angles);
                 ops::apply_rope(
                     &mut s.q[i * qd..(i + 1) * qd],
                     c.head_dim,
@@ -270,20 +382,34 @@ impl Model {
                     c.rope_style,
                 );
             }
-            cache.write(il, &s.k, &s.v);
 
-            let want_weights = observer.as_ref().is_some_and(|o| o.wants_layer(il));
             s.attn.resize(n * qd, 0.0);
-            self.attention(cache, il, batch, first_slot, n_slots, want_weights, s);
-            if want_weights {
-                if let Some(obs) = observer.as_deref_mut() {
-                    obs.observe(&AttentionWeights {
-                        layer: il,
-                        n_tokens: n,
-                        n_head: c.n_head,
-                        n_slots,
-                        weights: &s.scores[..n * c.n_head * n_slots],
-                    });
+            for (k, seq) in seqs.iter_mut().enumerate() {
+                let (r0, nk) = (s.row0[k], seq.batch.tokens.len());
+                let (first_slot, n_slots) = s.slots[k];
+                seq.cache.write(
+                    il,
+                    &s.k[r0 * kvd..(r0 + nk) * kvd],
+                    &s.v[r0 * kvd..(r0 + nk) * kvd],
+                );
+                let want_weights = seq.observer.as_ref().is_some_and(|o| o.wants_layer(il));
+                let rows = AttentionRows {
+                    batch: &seq.batch,
+                    row0: r0,
+                    first_slot,
+                    n_slots,
+                };
+                self.attention(seq.cache, il, &rows, want_weights, s);
+                if want_weights {
+                    if let Some(obs) = seq.observer.as_deref_mut() {
+                        obs.observe(&AttentionWeights {
+                            layer: il,
+                            n_tokens: nk,
+                            n_head: c.n_head,
+                            n_slots,
+                            weights: &s.scores[..nk * c.n_head * n_slots],
+                        });
+                    }
                 }
             }
             s.proj.resize(n * e, 0.0);
@@ -318,12 +444,15 @@ impl Model {
             add_in_place(&mut s.x, &s.proj);
         }
 
-        // --- output: only the requested rows ---
+        // --- output: only the requested rows, sequence after sequence ---
         s.out_rows.clear();
-        match batch.logits {
-            LogitsFor::Last => s.out_rows.push(n - 1),
-            LogitsFor::All => s.out_rows.extend(0..n),
-            LogitsFor::Rows(rows) => s.out_rows.extend_from_slice(rows),
+        for (k, seq) in seqs.iter().enumerate() {
+            let (r0, nk) = (s.row0[k], seq.batch.tokens.len());
+            match seq.batch.logits {
+                LogitsFor::Last => s.out_rows.push(r0 + nk - 1),
+                LogitsFor::All => s.out_rows.extend(r0..r0 + nk),
+                LogitsFor::Rows(rows) => s.out_rows.extend(rows.iter().map(|&r| r0 + r)),
+            }
         }
         let m = s.out_rows.len();
         s.xn.resize(m * e, 0.0);
@@ -347,10 +476,10 @@ impl Model {
                 .iter_mut()
                 .for_each(|l| *l = cap * (*l / cap).tanh());
         }
-        Ok(&s.logits)
+        Ok(())
     }
 
-    fn validate(&self, state: &SequenceState, batch: &Batch<'_>) -> Result<()> {
+    fn validate(&self, cache: &KvCache, batch: &Batch<'_>) -> Result<()> {
         let n = batch.tokens.len();
         if n == 0 {
             return Err(ModelError::Input("empty batch".into()));
@@ -371,11 +500,11 @@ impl Model {
                 self.config.vocab_size
             )));
         }
-        let after = state.cache.len() + n;
-        if after > state.cache.capacity() {
+        let after = cache.len() + n;
+        if after > cache.capacity() {
             return Err(ModelError::ContextFull {
                 needed: after,
-                capacity: state.cache.capacity(),
+                capacity: cache.capacity(),
             });
         }
         if let Some(mask) = batch.mask {
@@ -513,18 +642,21 @@ impl Model {
     /// With `keep_weights`, the softmax weights of every (token, head) are left in
     /// `s.scores` as `[n, n_head, n_slots]`.
     // s.q: [n, n_head, hd] -> s.attn: [n, n_head, hd]
-    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         cache: &KvCache,
         layer: usize,
-        batch: &Batch<'_>,
-        first_slot: usize,
-        n_slots: usize,
+        rows: &AttentionRows<'_, '_>,
         keep_weights: bool,
         s: &mut Scratch,
     ) {
         let c = &self.config;
+        let AttentionRows {
+            batch,
+            row0,
+            first_slot,
+            n_slots,
+        } = *rows;
         let n = batch.tokens.len();
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv;
@@ -574,10 +706,8 @@ impl Model {
                 // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
                 let mut qh = [0f32; 512];
                 let qh = &mut qh[..hd];
-                for (d, &v) in qh
-                    .iter_mut()
-                    .zip(&q[(i * c.n_head + h) * hd..(i * c.n_head + h + 1) * hd])
-                {
+                let qrow = (row0 + i) * c.n_head + h;
+                for (d, &v) in qh.iter_mut().zip(&q[qrow * hd..(qrow + 1) * hd]) {
                     *d = half::f16::from_f32(v).to_f32();
                 }
                 let row = if keep_weights { item } else { task };
@@ -592,7 +722,7 @@ impl Model {
                     };
                 }
                 ops::softmax_in_place(&mut sc[..m]);
-                let out = unsafe { attn.slice((i * c.n_head + h) * hd, hd) };
+                let out = unsafe { attn.slice(qrow * hd, hd) };
                 out.fill(0.0);
                 for (e, &p) in sc[..m].iter().enumerate() {
                     if p != 0.0 {
