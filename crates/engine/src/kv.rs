@@ -178,6 +178,16 @@ impl KvController {
     }
 
     /// Evicts every lane down to the budget (nothing for `full`).
+    /// The observer to pass with this sequence to a batched forward call
+    /// ([`model::Model::forward_many`]); `None` when the policy needs no attention
+    /// weights (then none are materialised). Call [`KvController::enforce_budget`]
+    /// after the pass.
+    pub fn observer(&mut self) -> Option<PolicyObserver<'_>> {
+        (self.evicts() && self.policy.wants_attention()).then(|| PolicyObserver {
+            policy: self.policy.as_mut(),
+        })
+    }
+
     pub fn enforce_budget(&mut self, state: &mut SequenceState) -> Result<()> {
         if self.evicts() {
             self.evict(state)?;
@@ -234,7 +244,7 @@ impl KvController {
 }
 
 /// Hands the model's attention weights to a policy.
-struct PolicyObserver<'a> {
+pub struct PolicyObserver<'a> {
     policy: &'a mut dyn KvPolicy,
 }
 
