@@ -16,6 +16,7 @@
 pub mod contrastive;
 pub mod kv;
 pub mod lookahead;
+pub mod scheduler;
 mod session;
 pub mod speculative;
 mod stop;
@@ -25,6 +26,9 @@ pub use ::kv::{policy_from_name, Budget, KvError, PolicyParams, POLICY_NAMES};
 pub use contrastive::{ContrastiveConfig, ContrastiveStats};
 pub use kv::{KvController, KvOptions, KvStats};
 pub use lookahead::{entropy_quantile, LookaheadConfig, LookaheadStats};
+pub use scheduler::{
+    EventSink, Scheduler, SchedulerConfig, SequenceEvent, SequenceId, SequenceRequest, StepStats,
+};
 pub use session::{
     Generation, GenerationParams, GenerationStats, GumbelTrace, PrefillInfo, Session, StopReason,
     TokenEvent, DEFAULT_PREFILL_CHUNK,

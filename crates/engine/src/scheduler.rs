@@ -1,0 +1,469 @@
+//! Continuous batching: many sequences advanced together, one forward pass per step.
+//!
+//! A [`Scheduler`] owns the active sequences, each with its own KV cache, sampler and
+//! stop handling. Every [`Scheduler::step`] builds one batch over all of them — the
+//! next prompt chunk of sequences still prefilling, the last sampled token of
+//! sequences decoding — runs it with [`model::Model::forward_many`] (weights read once
+//! for all rows), then samples a token for each sequence whose prompt is done and
+//! reports it to that sequence's sink. New requests are admitted between steps, so a
+//! request never waits for the running ones to finish.
+//!
+//! Prefill is chunked: at most [`SchedulerConfig::prefill_chunk`] prompt tokens enter
+//! a step (shared by the prefilling sequences, oldest first), so a long prompt delays
+//! the running streams by at most one chunk per step.
+//!
+//! Batching changes no result: the forward rows of a batched pass are bit-identical to
+//! the same sequence run alone (tests/scheduler.rs checks greedy outputs of concurrent
+//! requests against [`crate::Session::generate`]).
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use model::{
+    AttentionObserver, Batch, ForwardScratch, LoadedModel, LogitsFor, SequenceBatch, SequenceState,
+};
+use sample::{gumbel_noise, token_report, Sampler};
+
+use crate::kv::{KvController, KvOptions, PolicyObserver};
+use crate::session::{
+    Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
+};
+use crate::stop::TokenText;
+use crate::{EngineError, Result};
+
+/// Limits of a [`Scheduler`].
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Sequences decoded together (the server's `--parallel`).
+    pub max_sequences: usize,
+    /// Context of each sequence (prompt + generated tokens).
+    pub n_ctx: usize,
+    /// Prompt tokens per step, over all prefilling sequences.
+    pub prefill_chunk: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_sequences: 4,
+            n_ctx: 2048,
+            prefill_chunk: 128,
+        }
+    }
+}
+
+/// One request: a prompt and how to continue it.
+#[derive(Clone, Debug, Default)]
+pub struct SequenceRequest {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+    /// KV eviction policy of this sequence (`None`: the exact cache).
+    pub kv: Option<KvOptions>,
+}
+
+/// What a sequence's sink is told.
+#[derive(Debug)]
+pub enum SequenceEvent<'a> {
+    /// A generated token (the same event [`crate::Session::generate`] reports).
+    Token(&'a TokenEvent),
+    /// Generation ended normally; the sequence is gone.
+    Finished(&'a Generation),
+    /// Generation failed; the sequence is gone.
+    Failed(&'a EngineError),
+}
+
+/// Receives a sequence's events on the scheduler's thread. Returning
+/// `ControlFlow::Break` (e.g. because the client went away) ends the sequence at once
+/// and frees its cache; no further events are sent to it.
+pub type EventSink = Box<dyn FnMut(SequenceEvent<'_>) -> ControlFlow<()> + Send>;
+
+/// Identifies an admitted sequence.
+pub type SequenceId = u64;
+
+/// Counters of one [`Scheduler::step`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// Sequences in the forward pass.
+    pub sequences: usize,
+    /// Prompt tokens computed.
+    pub prompt_tokens: usize,
+    /// Tokens sampled (one per sequence whose prompt was complete).
+    pub generated_tokens: usize,
+    /// Sequences that ended (finished, failed or cancelled) in this step.
+    pub ended: usize,
+    pub secs: f64,
+}
+
+struct Active<'m> {
+    id: SequenceId,
+    state: SequenceState,
+    kv: Option<KvController>,
+    params: GenerationParams,
+    prompt: Vec<u32>,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// The last sampled token, to be fed in the next step.
+    pending: Option<u32>,
+    sampler: Sampler,
+    text: TokenText<'m>,
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    shown: String,
+    started: Instant,
+    prefill_secs: f64,
+    decode_steps: usize,
+    sink: EventSink,
+    /// Tokens of this step's batch, with their positions.
+    rows: Vec<u32>,
+    positions: Vec<usize>,
+}
+
+/// Advances many sequences together; see the module documentation.
+pub struct Scheduler<'m> {
+    model: &'m LoadedModel,
+    config: SchedulerConfig,
+    active: Vec<Active<'m>>,
+    scratch: ForwardScratch,
+    work: Vec<f32>,
+    next_id: SequenceId,
+}
+
+impl<'m> Scheduler<'m> {
+    pub fn new(model: &'m LoadedModel, config: SchedulerConfig) -> Result<Scheduler<'m>> {
+        if config.max_sequences == 0 || config.n_ctx < 2 || config.prefill_chunk == 0 {
+            return Err(EngineError::Invalid(
+                "the scheduler needs at least 1 sequence, a context of 2 tokens and a \
+                 prefill chunk of 1 token"
+                    .into(),
+            ));
+        }
+        Ok(Scheduler {
+            model,
+            config,
+            active: Vec::new(),
+            scratch: ForwardScratch::default(),
+            work: Vec::new(),
+            next_id: 0,
+        })
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Sequences being prefilled or decoded.
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
+    /// Whether another sequence can be admitted now.
+    pub fn has_room(&self) -> bool {
+        self.active.len() < self.config.max_sequences
+    }
+
+    /// Bytes of keys and values held by all active sequences, measured from their
+    /// caches.
+    pub fn kv_bytes(&self) -> usize {
+        self.active
+            .iter()
+            .map(|a| a.state.cache.memory_bytes())
+            .sum()
+    }
+
+    /// Checks a request without admitting it: the errors [`Scheduler::admit`] would
+    /// give, so a server can answer 400 before queueing.
+    pub fn validate(model: &LoadedModel, n_ctx: usize, req: &SequenceRequest) -> Result<()> {
+        req.params.sampler.validate()?;
+        if req.prompt.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if req.prompt.len() + 1 > n_ctx {
+            return Err(EngineError::PromptTooLong {
+                prompt: req.prompt.len(),
+                n_ctx,
+            });
+        }
+        if req.params.max_tokens == 0 {
+            return Err(EngineError::Invalid("max_tokens must be at least 1".into()));
+        }
+        let vocab = model.model.config.vocab_size;
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::Invalid(format!(
+                "token id {bad} is outside the vocabulary ({vocab} tokens)"
+            )));
+        }
+        if req.params.lookahead.is_some() || req.params.contrastive.is_some() {
+            return Err(EngineError::Invalid(
+                "lookahead and contrastive decoding are not available in batched generation".into(),
+            ));
+        }
+        if let Some(kv) = &req.kv {
+            kv.controller(&model.model, n_ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Admits a request; its events go to `sink`. Fails (without calling the sink)
+    /// when there is no room or the request is invalid.
+    pub fn admit(&mut self, req: SequenceRequest, sink: EventSink) -> Result<SequenceId> {
+        if !self.has_room() {
+            return Err(EngineError::Invalid(format!(
+                "all {} sequences are busy",
+                self.config.max_sequences
+            )));
+        }
+        Scheduler::validate(self.model, self.config.n_ctx, &req)?;
+        let kv = match &req.kv {
+            Some(o) if !o.is_full() => Some(o.controller(&self.model.model, self.config.n_ctx)?),
+            _ => None,
+        };
+        let mut sampler = Sampler::new(req.params.sampler.clone());
+        if req.params.gumbel_max {
+            sampler = sampler.with_gumbel_max();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.active.push(Active {
+            id,
+            state: self.model.model.new_state(self.config.n_ctx),
+            kv,
+            text: TokenText::new(&self.model.tokenizer, &req.params.stop),
+            history: req.prompt.clone(),
+            prompt: req.prompt,
+            params: req.params,
+            prefilled: 0,
+            pending: None,
+            sampler,
+            generated: Vec::new(),
+            shown: String::new(),
+            started: Instant::now(),
+            prefill_secs: 0.0,
+            decode_steps: 0,
+            sink,
+            rows: Vec::new(),
+            positions: Vec::new(),
+        });
+        Ok(id)
+    }
+
+    /// Ends a sequence now (its sink gets nothing more). Returns whether it was active.
+    pub fn cancel(&mut self, id: SequenceId) -> bool {
+        let before = self.active.len();
+        self.active.retain(|a| a.id != id);
+        self.active.len() < before
+    }
+
+    /// Ends every sequence with `error` (e.g. at shutdown).
+    pub fn fail_all(&mut self, error: &EngineError) {
+        for mut a in self.active.drain(..) {
+            let _ = (a.sink)(SequenceEvent::Failed(error));
+        }
+    }
+
+    /// One batched forward pass over every active sequence, then one sampled token for
+    /// each sequence whose prompt is complete. Does nothing without active sequences.
+    pub fn step(&mut self) -> StepStats {
+        let start = Instant::now();
+        let mut stats = StepStats::default();
+        if self.active.is_empty() {
+            return stats;
+        }
+        // Rows of this step: decoding sequences feed their pending token; prefilling
+        // ones share the chunk budget, oldest first.
+        let mut budget = self.config.prefill_chunk;
+        for a in &mut self.active {
+            a.rows.clear();
+            a.positions.clear();
+            let next_pos = a.state.cache.next_position();
+            if let Some(t) = a.pending {
+                a.rows.push(t);
+                a.positions.push(next_pos);
+            } else if a.prefilled < a.prompt.len() && budget > 0 {
+                let n = (a.prompt.len() - a.prefilled).min(budget);
+                budget -= n;
+                a.rows
+                    .extend_from_slice(&a.prompt[a.prefilled..a.prefilled + n]);
+                a.positions.extend(next_pos..next_pos + n);
+            }
+        }
+
+        // The forward pass. Observers only for sequences whose KV policy watches
+        // attention; they live in `parts` so the batch can borrow them.
+        let model = &self.model.model;
+        let mut in_batch: Vec<usize> = Vec::with_capacity(self.active.len());
+        let mut parts: Vec<BatchPart> = Vec::with_capacity(self.active.len());
+        for (k, a) in self.active.iter_mut().enumerate() {
+            if a.rows.is_empty() {
+                continue;
+            }
+            in_batch.push(k);
+            parts.push(BatchPart {
+                cache: &mut a.state.cache,
+                observer: a.kv.as_mut().and_then(KvController::observer),
+                rows: &a.rows,
+                positions: &a.positions,
+            });
+        }
+        stats.sequences = parts.len();
+        let mut seqs: Vec<SequenceBatch> = parts
+            .iter_mut()
+            .map(|p| SequenceBatch {
+                cache: &mut *p.cache,
+                batch: Batch {
+                    logits: LogitsFor::Last,
+                    ..Batch::causal(p.rows, p.positions)
+                },
+                observer: p.observer.as_mut().map(|o| o as &mut dyn AttentionObserver),
+            })
+            .collect();
+        let result = model.forward_many(&mut self.scratch, &mut seqs);
+        drop(seqs);
+        drop(parts);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // A model error here is a resource problem or a bug shared by the batch
+                // (inputs were validated at admission): fail every sequence in it.
+                let err = EngineError::from(e);
+                for &k in in_batch.iter().rev() {
+                    let mut a = self.active.remove(k);
+                    let _ = (a.sink)(SequenceEvent::Failed(&err));
+                    stats.ended += 1;
+                }
+                stats.secs = start.elapsed().as_secs_f64();
+                return stats;
+            }
+        };
+
+        // Sample for every sequence whose prompt is complete; note who ended.
+        let vocab = model.config.vocab_size;
+        let n_ctx = self.config.n_ctx;
+        let tok = &self.model.tokenizer;
+        let mut ended: Vec<usize> = Vec::new();
+        for (j, &k) in in_batch.iter().enumerate() {
+            let a = &mut self.active[k];
+            let row = &logits[j * vocab..(j + 1) * vocab];
+            match sample_next(a, row, &mut self.work, tok, n_ctx, &mut stats) {
+                Ok(true) => {}
+                Ok(false) => ended.push(k),
+                Err(e) => {
+                    let _ = (a.sink)(SequenceEvent::Failed(&e));
+                    ended.push(k);
+                }
+            }
+        }
+        for &k in ended.iter().rev() {
+            self.active.remove(k);
+        }
+        stats.ended = ended.len();
+        stats.secs = start.elapsed().as_secs_f64();
+        stats
+    }
+}
+
+/// One sequence's borrowed part of a batched pass.
+struct BatchPart<'a> {
+    cache: &'a mut model::KvCache,
+    observer: Option<PolicyObserver<'a>>,
+    rows: &'a [u32],
+    positions: &'a [usize],
+}
+
+/// After a forward pass: applies the KV budget, and when the prompt is complete samples
+/// the next token and reports it. Returns whether the sequence goes on.
+fn sample_next(
+    a: &mut Active<'_>,
+    logits: &[f32],
+    work: &mut Vec<f32>,
+    tok: &model::Tokenizer,
+    n_ctx: usize,
+    stats: &mut StepStats,
+) -> Result<bool> {
+    if let Some(kv) = &mut a.kv {
+        kv.enforce_budget(&mut a.state)?;
+    }
+    if a.pending.is_some() {
+        a.decode_steps += 1;
+    } else {
+        a.prefilled += a.rows.len();
+        stats.prompt_tokens += a.rows.len();
+        if a.prefilled < a.prompt.len() {
+            return Ok(true);
+        }
+        a.prefill_secs = a.started.elapsed().as_secs_f64();
+    }
+    let params = &a.params;
+    let index = a.generated.len();
+    work.clear();
+    work.extend_from_slice(logits);
+    let step = a.sampler.step();
+    let forced = index < params.forced.len();
+    let id = if forced {
+        let t = params.forced[index];
+        a.sampler.force(work, &a.history, t)?;
+        t
+    } else {
+        a.sampler.sample(work, &a.history)?
+    };
+    let report = token_report(logits, id, params.top_logprobs);
+    a.generated.push(id);
+    a.history.push(id);
+    stats.generated_tokens += 1;
+
+    // Whether this is the last token: it could not be fed back, or max_tokens is hit.
+    let limit = if index + 1 == params.max_tokens {
+        Some(StopReason::MaxTokens)
+    } else if a.prompt.len() + a.generated.len() > n_ctx {
+        Some(StopReason::ContextFull)
+    } else {
+        None
+    };
+    let (shown, reason) = a.text.push(
+        id,
+        params.stop_at_eog && tok.is_end_of_generation(id),
+        limit,
+    );
+    a.shown.push_str(&shown);
+    let event = TokenEvent {
+        index,
+        id,
+        text: shown,
+        logprob: report.logprob,
+        entropy: report.entropy,
+        varentropy: report.varentropy,
+        rank: report.rank,
+        top: report.top,
+        stages: Vec::new(),
+        sampled_prob: None,
+        forced,
+        gumbel: params.gumbel_max.then(|| GumbelTrace {
+            seed: params.sampler.seed,
+            step,
+            noise: gumbel_noise(params.sampler.seed, step, id),
+        }),
+    };
+    if (a.sink)(SequenceEvent::Token(&event)).is_break() {
+        return Ok(false);
+    }
+    if let Some(stop_reason) = reason {
+        let decode_secs = a.started.elapsed().as_secs_f64() - a.prefill_secs;
+        let generation = Generation {
+            tokens: std::mem::take(&mut a.generated),
+            text: std::mem::take(&mut a.shown),
+            stats: GenerationStats {
+                prompt_tokens: a.prompt.len(),
+                reused_tokens: 0,
+                prefill_secs: a.prefill_secs,
+                generated_tokens: index + 1,
+                decode_steps: a.decode_steps,
+                decode_secs,
+                stop_reason,
+                ..GenerationStats::default()
+            },
+        };
+        let _ = (a.sink)(SequenceEvent::Finished(&generation));
+        return Ok(false);
+    }
+    a.pending = Some(id);
+    Ok(true)
+}
