@@ -66,8 +66,12 @@ pub struct SequenceRequest {
 pub enum SequenceEvent<'a> {
     /// A generated token (the same event [`crate::Session::generate`] reports).
     Token(&'a TokenEvent),
-    /// Generation ended normally; the sequence is gone.
-    Finished(&'a Generation),
+    /// Generation ended normally; the sequence is gone. `kv_bytes`: what its cache
+    /// held at the end (measured from the storage).
+    Finished {
+        generation: &'a Generation,
+        kv_bytes: usize,
+    },
     /// Generation failed; the sequence is gone.
     Failed(&'a EngineError),
 }
@@ -461,7 +465,11 @@ fn sample_next(
                 ..GenerationStats::default()
             },
         };
-        let _ = (a.sink)(SequenceEvent::Finished(&generation));
+        let kv_bytes = a.state.cache.memory_bytes();
+        let _ = (a.sink)(SequenceEvent::Finished {
+            generation: &generation,
+            kv_bytes,
+        });
         return Ok(false);
     }
     a.pending = Some(id);

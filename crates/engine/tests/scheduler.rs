@@ -41,7 +41,7 @@ fn sink(seen: Arc<Mutex<Seen>>, stop_after: Option<usize>) -> engine::EventSink 
                     return ControlFlow::Break(());
                 }
             }
-            SequenceEvent::Finished(g) => s.finished = Some(g.clone()),
+            SequenceEvent::Finished { generation, .. } => s.finished = Some(generation.clone()),
             SequenceEvent::Failed(e) => s.failed = Some(e.to_string()),
         }
         ControlFlow::Continue(())

@@ -38,6 +38,8 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
     Bench(cmd::bench::Args),
+    /// Serve the OpenAI-compatible API and the web playground (continuous batching).
+    Serve(cmd::serve::Args),
     /// List the model aliases and where they are cached.
     Models,
 }
@@ -53,6 +55,7 @@ fn main() {
         Command::Eval(a) => cmd::eval_kv::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Models => models::list(),
     };
     if let Err(e) = result {

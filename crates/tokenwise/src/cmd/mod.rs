@@ -9,4 +9,5 @@ pub mod kv_args;
 pub mod perplexity;
 pub mod sampling;
 pub mod score;
+pub mod serve;
 pub mod speculative;
