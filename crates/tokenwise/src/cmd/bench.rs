@@ -55,11 +55,16 @@ pub enum BenchCommand {
     /// Speculative decoding: mean accepted length, drafted tokens per step and speedup
     /// over plain greedy decoding on HumanEval, rewrite and chat prompts.
     Spec(super::bench_spec::Args),
+    /// The HTTP server under 1, 4, 8 concurrent streaming clients (optionally beside
+    /// llama-server): aggregate tokens/s, time to first token, inter-token latency.
+    Serve(super::bench_serve::Args),
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if let Some(BenchCommand::Spec(s)) = a.command {
-        return super::bench_spec::run(s);
+    match a.command {
+        Some(BenchCommand::Spec(s)) => return super::bench_spec::run(s),
+        Some(BenchCommand::Serve(s)) => return super::bench_serve::run(s),
+        None => {}
     }
     if a.repetitions == 0 {
         bail!("-r must be at least 1");
