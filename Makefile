@@ -5,7 +5,7 @@ PYTHON ?= python3
 PROMPT ?= The three most important ideas in information theory are
 MODEL ?= smollm2-135m
 
-.PHONY: run test models models-test build lint bench clean
+.PHONY: run test test-protocol models models-test build lint bench clean
 
 ## Fetch the default model (if missing), build, and generate from a demo prompt with
 ## per-token entropy shown.
@@ -13,9 +13,16 @@ run: models build
 	./target/release/tokenwise generate --model $(MODEL) --greedy --max-tokens 64 \
 		--show-entropy --color always --prompt "$(PROMPT)"
 
-## Run every test (fetches the test models first; they are cached outside the repo).
+## Run every test (fetches the test models first; they are cached outside the repo),
+## then the server's protocol tests with the official `openai` Python client.
 test: models-test
 	$(CARGO) test --workspace --release
+	$(MAKE) test-protocol
+
+test-protocol:
+	$(CARGO) build --release -p tokenwise
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
+	$(PYTHON) tests/server/test_openai.py target/release/tokenwise
 
 models:
 	$(PYTHON) scripts/fetch_models.py $(MODEL)
