@@ -5,7 +5,7 @@ PYTHON ?= python3
 PROMPT ?= The three most important ideas in information theory are
 MODEL ?= smollm2-135m
 
-.PHONY: run test test-protocol models models-test build lint bench clean
+.PHONY: run test test-protocol test-browser screenshot models models-test build lint bench clean
 
 ## Fetch the default model (if missing), build, and generate from a demo prompt with
 ## per-token entropy shown.
@@ -23,6 +23,18 @@ test-protocol:
 	$(CARGO) build --release -p tokenwise
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
 	$(PYTHON) tests/server/test_openai.py target/release/tokenwise
+	$(MAKE) test-browser
+
+## The web page in headless Chromium (Debian package; Playwright's Python driver only).
+test-browser:
+	command -v chromium >/dev/null || (export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium))
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "playwright>=1.40,<2"
+	$(PYTHON) tests/server/test_browser.py target/release/tokenwise
+
+## Refresh the README's screenshot of the playground.
+screenshot: build
+	$(PYTHON) tests/server/test_browser.py target/release/tokenwise docs/playground.png
 
 models:
 	$(PYTHON) scripts/fetch_models.py $(MODEL)

@@ -10,8 +10,6 @@ the script ends by itself.
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -19,23 +17,9 @@ import urllib.request
 import openai
 from openai import OpenAI
 
+from serve import start_server, stop_server
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CACHE = os.environ.get("TOKENWISE_CACHE", os.path.expanduser("~/.cache/tokenwise"))
-MODEL = os.path.join(CACHE, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-def start_server(binary):
-    proc = subprocess.Popen(
-        [binary, "serve", "--model", MODEL, "--port", "0", "--parallel", "4",
-         "--ctx", "512", "--max-queue", "8", "-t", "2", "--model-name", "smollm2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "TOKENWISE_LOG": "warn"},
-    )
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"unexpected server output: {line!r}")
-    return proc, line[len("listening on "):]
 
 
 def check(name, fn, failures):
@@ -50,8 +34,6 @@ def check(name, fn, failures):
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release/tokenwise")
-    if not os.path.exists(MODEL):
-        raise SystemExit(f"{MODEL} is missing: run scripts/fetch_models.py --all-test")
     proc, base = start_server(binary)
     client = OpenAI(base_url=f"{base}/v1", api_key="unused", timeout=120, max_retries=0)
     failures = []
@@ -171,11 +153,7 @@ def main():
                      ("tokenwise extension", tokenwise_extension), ("errors", errors)]:
         check(name, fn, failures)
 
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    if not stop_server(proc):
         failures.append("clean shutdown on SIGTERM")
     if failures:
         raise SystemExit(f"{len(failures)} failed: {', '.join(failures)}")

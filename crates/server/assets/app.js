@@ -11,14 +11,14 @@ const FALLBACK_INFO = {
   kv_policies: ['full', 'window', 'h2o', 'tova', 'snapkv', 'a2sf', 'keyformer', 'knorm'],
   kv_dtypes: [], speculative: ['none', 'lookup', 'recycle'],
 };
-const SCALES = { entropy: [2, 3, 5, 8, 12], surprisal: [5, 8, 10, 15, 20] };
+const SCALES = { entropy: [2, 4, 6, 8, 12], surprisal: [4, 6, 10, 15, 20] };
 const STORE_KEY = 'tokenwise.playground.v1';
 
 const S = {
   info: null,
   mode: 'completion',
   colorBy: 'entropy',
-  scaleMax: { entropy: 5, surprisal: 10 },
+  scaleMax: { entropy: 6, surprisal: 10 },
   toks: [],          // every token record ever shown; span.dataset.t indexes into it
   runs: [],          // completion runs
   chat: [],          // {role, content}
@@ -73,9 +73,9 @@ function metric(rec, by = S.colorBy) {
 function colour(v, max, alpha = true) {
   if (v == null || !isFinite(v)) return '';
   const t = Math.max(0, Math.min(1, v / max));
-  const h = 205 - 205 * Math.pow(t, 0.85);          // blue → teal → green → yellow → red
-  const a = alpha ? (0.1 + 0.62 * t).toFixed(3) : 1;
-  return `hsla(${h.toFixed(1)}, 85%, ${(52 - 4 * t).toFixed(1)}%, ${a})`;
+  const h = (222 + 168 * t) % 360;                  // plasma-like: blue → violet → magenta → orange
+  const a = alpha ? (0.1 + 0.66 * t).toFixed(3) : 1;
+  return `hsla(${h.toFixed(1)}, ${80 + 10 * t}%, ${(58 - 4 * t).toFixed(1)}%, ${a})`;
 }
 function paint(span) {
   const rec = S.toks[+span.dataset.t];
@@ -103,7 +103,7 @@ const PERSIST = ['temperature', 'top_p', 'max_tokens', 'seed', 'top_logprobs', '
 function fillSelect(id, items) {
   const sel = $(id);
   const keep = sel.value;
-  sel.innerHTML = '<option value="">server default</option>' + (items || []).map((x) => `<option value="${esc(x)}">${esc(x)}</option>`).join('');
+  sel.innerHTML = '<option value="">(unset)</option>' + (items || []).map((x) => `<option value="${esc(x)}">${esc(x)}</option>`).join('');
   if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
 }
 function readNum(id, int) {
@@ -113,7 +113,7 @@ function readNum(id, int) {
   return isFinite(x) ? x : undefined;
 }
 function requestBody(extra) {
-  const b = { ...(S.info?.model ? { model: S.info.model } : {}), ...extra, stream: true };
+  const b = { ...(S.info?.model ? { model: S.info.model } : {}), ...extra, stream: true, stream_options: { include_usage: true } };
   const set = (k, v) => { if (v !== undefined) b[k] = v; };
   set('max_tokens', readNum('max_tokens', true));
   set('temperature', readNum('temperature'));
@@ -138,7 +138,7 @@ function requestBody(extra) {
 function settingsSummary(body) {
   const tw = body.tokenwise || {};
   const parts = [];
-  parts.push(tw.sampler_preset || 'sampler: default');
+  parts.push('preset ' + (tw.sampler_preset || '(unset)'));
   if (body.temperature !== undefined) parts.push('T ' + body.temperature);
   if (body.top_p !== undefined) parts.push('top_p ' + body.top_p);
   for (const k of ['top_k', 'min_p', 'typical_p', 'mirostat', 'mirostat_tau', 'mirostat_eta']) if (tw[k] !== undefined) parts.push(k + ' ' + tw[k]);
@@ -226,7 +226,7 @@ async function pollMetrics() {
     const m = /^tokenwise_kv_bytes(?:\{[^}]*\})?\s+([0-9.eE+-]+)/m.exec(text);
     if (m) {
       const kv = parseFloat(m[1]);
-      if (S.current) S.current.kvMetric = Math.max(S.current.kvMetric || 0, kv);
+      if (S.current && nTok(S.current)) S.current.kvMetric = kv;
       $('m-kv').textContent = fmt.bytes(kv);
       $('m-kv').parentElement.title = 'KV cache bytes held by the server (GET /metrics)';
     }
@@ -306,7 +306,8 @@ function addToken(run, e, now) {
     logprob: typeof e.logprob === 'number' ? e.logprob : null,
     entropy: typeof e.entropy === 'number' ? e.entropy : null,
     entropyBits: eb.v, entropyApprox: eb.approx,
-    top: Array.isArray(e.top_logprobs) ? e.top_logprobs : [], run, i: run.tokens.length, t: now - run.t0,
+    top: Array.isArray(e.top_logprobs) ? e.top_logprobs : [], run,
+    rank: Number.isInteger(e.rank) ? e.rank : null, id: Number.isInteger(e.id) ? e.id : null, i: run.tokens.length, t: now - run.t0,
   };
   const idx = S.toks.push(rec) - 1;
   run.tokens.push(idx);
@@ -463,7 +464,8 @@ function tipHTML(rec) {
     if (rank < 0 && (a.token === rec.token || (a.bytes && rec.bytes && a.bytes.join() === rec.bytes.join()))) rank = i;
   });
   const shown = rec.bytes ? altText({ bytes: rec.bytes }) : fmt.tok(rec.token);
-  const rankTxt = rec.top.length ? (rank >= 0 ? `rank ${rank + 1}` : `rank &gt;${rec.top.length}`) : '';
+  // rank: the server's 0-based rank over the whole vocabulary if given, else the place among the alternatives
+  const rankTxt = rec.rank != null ? `rank ${rec.rank + 1}` : rec.top.length ? (rank >= 0 ? `rank ${rank + 1}` : `rank &gt;${rec.top.length}`) : '';
   const maxP = rec.top.reduce((m, a) => Math.max(m, Math.exp(a.logprob)), p || 0) || 1;
   let sum = 0;
   const rows = rec.top.map((a, i) => {
@@ -478,12 +480,12 @@ function tipHTML(rec) {
   if (rec.top.length && rest > 0.0005) rows.push(`<div class="alt rest"><code>other</code><span class="bar"><i style="width:${(100 * Math.min(rest, maxP) / maxP).toFixed(1)}%"></i></span><span class="p">${fmt.pct(rest)}</span></div>`);
   const eTxt = rec.entropy != null ? `${fmt.num(rec.entropyBits, 2)} bits <small>(${fmt.num(rec.entropy, 2)} nats)</small>`
     : rec.entropyBits != null ? `≥ ${fmt.num(rec.entropyBits, 2)} bits <small>(top-${rec.top.length})</small>` : '–';
-  return `<div class="tip-head"><code class="tip-tok">${esc(shown) || '∅'}</code><span class="tip-rank">${rankTxt}</span><span class="tip-pos">#${rec.i + 1}</span></div>
+  return `<div class="tip-head"><code class="tip-tok">${esc(shown) || '∅'}</code><span class="tip-rank">${rankTxt}</span><span class="tip-pos">#${rec.i + 1}${rec.id != null ? ' · id ' + rec.id : ''}</span></div>
 <dl class="tip-stats">
 <div><dt>p</dt><dd>${p != null ? fmt.pct(p) : '–'}</dd></div>
 <div><dt>logprob</dt><dd>${rec.logprob != null ? fmt.num(rec.logprob, 3) : '–'}</dd></div>
 <div><dt>surprisal</dt><dd>${surprisal != null ? fmt.num(surprisal, 2) + ' bits' : '–'}</dd></div>
-<div><dt>entropy</dt><dd>${eTxt}</dd></div>
+<div class="wide"><dt>entropy</dt><dd>${eTxt}</dd></div>
 ${rec.bytes ? `<div class="wide"><dt>bytes</dt><dd>${esc(hex(rec.bytes))}</dd></div>` : ''}
 </dl>
 ${rows.length ? `<div class="alts"><div class="alts-h">top ${rec.top.length} alternatives</div>${rows.join('')}</div>` : '<div class="alts-h">no alternatives returned</div>'}`;
@@ -550,7 +552,8 @@ async function errorMessage(resp) {
     const j = JSON.parse(text);
     if (j && j.error) return typeof j.error === 'string' ? j.error : (j.error.message || JSON.stringify(j.error));
   } catch (_) { /* not JSON */ }
-  return `HTTP ${resp.status} ${resp.statusText}${text ? ': ' + text.slice(0, 300) : ''}`;
+  const plain = text.trim().startsWith('<') ? '' : text.trim().slice(0, 300);
+  return `HTTP ${resp.status}${resp.statusText ? ' ' + resp.statusText : ''}${plain ? ': ' + plain : ''}`;
 }
 function showError(title, msg) {
   $('error-title').textContent = title;
@@ -632,7 +635,7 @@ async function send() {
       setStatus('error', 'err');
     }
   } finally {
-    if (S.mode === 'chat' || run.kind === 'chat') {
+    if (run.kind === 'chat') {
       S.chat.push({ role: 'assistant', content: run.content });
     }
     run.el.classList.remove('streaming');
@@ -642,7 +645,6 @@ async function send() {
     S.current = null;
     S.ctrl = null;
     setStreaming(false);
-    if (S.metricsOk) pollMetrics();
     updateLive(run);
     drawSpark(run);
     saveSettings();
@@ -720,7 +722,11 @@ function init() {
     saveSettings();
     repaintAll();
   });
-  $('settings-toggle').addEventListener('click', () => {
+  document.querySelector('.main').addEventListener('click', () => {
+    if ($('settings').classList.contains('open')) $('settings-toggle').click();
+  });
+  $('settings-toggle').addEventListener('click', (e) => {
+    e.stopPropagation();
     const open = $('settings').classList.toggle('open');
     $('settings-toggle').setAttribute('aria-expanded', String(open));
   });
