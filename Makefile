@@ -21,7 +21,7 @@ test: models-test
 
 test-protocol:
 	$(CARGO) build --release -p tokenwise
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4"
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4" "jsonschema>=4,<5"
 	$(PYTHON) tests/server/test_openai.py target/release/tokenwise
 	$(MAKE) test-browser
 

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 
+import jsonschema
 import openai
 from openai import OpenAI
 
@@ -118,6 +119,41 @@ def main():
         assert r.choices[0].text
         assert r.model_extra["tokenwise"][0]["kv_bytes"] > 0
 
+    def json_schema_output():
+        schema = {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "maxLength": 24},
+                "year": {"type": "integer"},
+                "genres": {"type": "array", "items": {"type": "string", "maxLength": 12},
+                           "maxItems": 2},
+            },
+            "required": ["name", "year", "genres"],
+            "additionalProperties": False,
+        }
+        for mode in ("mask", "awrs"):
+            for temperature in (0, 0.8):
+                r = client.chat.completions.create(
+                    model="smollm2",
+                    messages=[{"role": "user", "content": "Describe a famous film as JSON."}],
+                    max_tokens=256, temperature=temperature, seed=3,
+                    response_format={"type": "json_schema",
+                                     "json_schema": {"name": "film", "schema": schema}},
+                    extra_body={"tokenwise": {"constraint": mode}})
+                text = r.choices[0].message.content
+                # The grammar ends the output once the object is complete.
+                assert r.choices[0].finish_reason == "stop", (mode, temperature, text)
+                jsonschema.validate(json.loads(text), schema)
+        # json_object bounds nothing but the syntax: a small model may loop inside a
+        # string until max_tokens, so parse only a finished object.
+        r = client.chat.completions.create(
+            model="smollm2", messages=[{"role": "user", "content": "Give me a JSON object."}],
+            max_tokens=60, temperature=0, response_format={"type": "json_object"})
+        text = r.choices[0].message.content
+        assert text.startswith("{"), text
+        if r.choices[0].finish_reason == "stop":
+            assert isinstance(json.loads(text), dict), text
+
     def errors():
         cases = [
             dict(prompt="x", max_tokens=0),
@@ -150,7 +186,8 @@ def main():
     for name, fn in [("models", models), ("completion", completion), ("chat", chat),
                      ("streaming", streaming), ("n>1", n_choices),
                      ("stop sequences", stop_sequences),
-                     ("tokenwise extension", tokenwise_extension), ("errors", errors)]:
+                     ("tokenwise extension", tokenwise_extension),
+                     ("json schema output", json_schema_output), ("errors", errors)]:
         check(name, fn, failures)
 
     if not stop_server(proc):

@@ -24,6 +24,7 @@ use model::{
 };
 use sample::{gumbel_noise, token_report, Sampler};
 
+use crate::constraint::{ConstrainedSampler, ConstraintMode, Grammar};
 use crate::kv::{KvController, KvOptions, PolicyObserver};
 use crate::session::{
     Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
@@ -59,6 +60,8 @@ pub struct SequenceRequest {
     pub params: GenerationParams,
     /// KV eviction policy of this sequence (`None`: the exact cache).
     pub kv: Option<KvOptions>,
+    /// Output constrained by a grammar (JSON schema, ...), and how it is enforced.
+    pub grammar: Option<(Grammar, ConstraintMode)>,
 }
 
 /// What a sequence's sink is told.
@@ -109,6 +112,8 @@ struct Active<'m> {
     /// The last sampled token, to be fed in the next step.
     pending: Option<u32>,
     sampler: Sampler,
+    /// The grammar's state, when the output is constrained.
+    constraint: Option<ConstrainedSampler>,
     text: TokenText<'m>,
     history: Vec<u32>,
     generated: Vec<u32>,
@@ -221,6 +226,10 @@ impl<'m> Scheduler<'m> {
             Some(o) if !o.is_full() => Some(o.controller(&self.model.model, self.config.n_ctx)?),
             _ => None,
         };
+        let constraint = match &req.grammar {
+            Some((g, mode)) => Some(ConstrainedSampler::new(g, *mode)?),
+            None => None,
+        };
         let mut sampler = Sampler::new(req.params.sampler.clone());
         if req.params.gumbel_max {
             sampler = sampler.with_gumbel_max();
@@ -238,6 +247,7 @@ impl<'m> Scheduler<'m> {
             prefilled: 0,
             pending: None,
             sampler,
+            constraint,
             generated: Vec::new(),
             shown: String::new(),
             started: Instant::now(),
@@ -406,6 +416,9 @@ fn sample_next(
         let t = params.forced[index];
         a.sampler.force(work, &a.history, t)?;
         t
+    } else if let Some(cs) = &mut a.constraint {
+        // Chooses with the sampler among the tokens the grammar allows.
+        cs.choose(logits, work, &mut a.sampler, &a.history)?
     } else {
         a.sampler.sample(work, &a.history)?
     };
@@ -415,7 +428,14 @@ fn sample_next(
     stats.generated_tokens += 1;
 
     // Whether this is the last token: it could not be fed back, or max_tokens is hit.
-    let limit = if index + 1 == params.max_tokens {
+    let grammar_done = a
+        .constraint
+        .as_ref()
+        .is_some_and(ConstrainedSampler::is_finished);
+    let limit = if grammar_done {
+        // The grammar is complete: this token ends the output.
+        Some(StopReason::EndOfGeneration)
+    } else if index + 1 == params.max_tokens {
         Some(StopReason::MaxTokens)
     } else if a.prompt.len() + a.generated.len() > n_ctx {
         Some(StopReason::ContextFull)

@@ -19,6 +19,7 @@
 //! reports progress through callbacks and returns plain data. The CLI formats.
 
 pub mod bench;
+pub mod constrained;
 pub mod detect;
 pub mod kv_eval;
 pub mod llama_bench;

@@ -135,6 +135,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "kv_policies": engine::POLICY_NAMES,
         "kv_dtypes": openai::KV_DTYPES,
         "speculative": openai::SPECULATIVE_MODES,
+        "constraint_modes": ["mask", "awrs"],
     }))
 }
 
@@ -233,7 +234,7 @@ async fn chat_completions(
         };
         let room = state.config.n_ctx.saturating_sub(prompt.len());
         req.common
-            .prepare(prompt, logprobs, room, state.config.n_ctx)
+            .prepare(&state.model, prompt, logprobs, room, state.config.n_ctx)
     })()
     .inspect_err(|_| count_invalid(&state))?;
     let shape = if prepared.logprobs.is_some() {
@@ -276,7 +277,7 @@ async fn completions(
         // OpenAI's default for completions.
         let p = req
             .common
-            .prepare(prompt, logprobs, 16, state.config.n_ctx)?;
+            .prepare(&state.model, prompt, logprobs, 16, state.config.n_ctx)?;
         Ok((p, shape))
     })()
     .inspect_err(|_| count_invalid(&state))?;

@@ -8,7 +8,9 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use engine::{Budget, GenerationParams, KvOptions, SamplerConfig, SequenceRequest};
+use engine::{
+    Budget, ConstraintMode, GenerationParams, Grammar, KvOptions, SamplerConfig, SequenceRequest,
+};
 use model::chat::ChatMessage;
 use model::LoadedModel;
 
@@ -162,6 +164,9 @@ pub struct Extension {
     pub speculative: Option<String>,
     /// Keep generating past end-of-generation tokens.
     pub ignore_eos: Option<bool>,
+    /// How `response_format` is enforced: `mask` (the allowed-token mask every step)
+    /// or `awrs` (adaptive weighted rejection sampling: check only drawn tokens).
+    pub constraint: Option<String>,
 }
 
 /// Named sampler starting points offered by the web page and the API.
@@ -236,6 +241,7 @@ impl CommonFields {
     /// gives no `max_tokens`.
     pub fn prepare(
         &self,
+        model: &LoadedModel,
         prompt: Vec<u32>,
         logprobs: Option<usize>,
         default_max: usize,
@@ -266,19 +272,8 @@ impl CommonFields {
                 ));
             }
         }
-        if let Some(rf) = &self.response_format {
-            let kind = rf.get("type").and_then(Value::as_str).unwrap_or("");
-            if kind != "text" {
-                return Err(ApiError::invalid(
-                    format!(
-                        "response_format {kind:?} is not supported by this server yet; \
-                         only \"text\""
-                    ),
-                    "response_format",
-                ));
-            }
-        }
         let ext = self.tokenwise.as_ref();
+        let grammar = self.grammar(model, ext)?;
         let mut sampler = match ext.and_then(|e| e.sampler_preset.as_deref()) {
             Some(name) => preset(name)?,
             None => SamplerConfig::default(),
@@ -366,6 +361,7 @@ impl CommonFields {
                     ..GenerationParams::default()
                 },
                 kv: kv.clone(),
+                grammar: grammar.clone(),
             })
             .collect();
         Ok(Prepared {
@@ -378,6 +374,47 @@ impl CommonFields {
                 .is_some_and(|o| o.include_usage),
             logprobs,
         })
+    }
+}
+
+impl CommonFields {
+    /// The grammar of `response_format` (`json_object`, `json_schema`), compiled, and
+    /// the enforcement mode; `None` for text.
+    fn grammar(
+        &self,
+        model: &LoadedModel,
+        ext: Option<&Extension>,
+    ) -> Result<Option<(Grammar, ConstraintMode)>, ApiError> {
+        let mode = match ext.and_then(|e| e.constraint.as_deref()) {
+            Some(name) => ConstraintMode::from_name(name)
+                .map_err(|e| ApiError::invalid(e.to_string(), "tokenwise.constraint"))?,
+            None => ConstraintMode::default(),
+        };
+        let Some(rf) = &self.response_format else {
+            return Ok(None);
+        };
+        let bad = |msg: String| ApiError::invalid(msg, "response_format");
+        let grammar = match rf.get("type").and_then(Value::as_str) {
+            Some("text") => return Ok(None),
+            Some("json_object") => Grammar::json_object(model),
+            Some("json_schema") => {
+                let schema = rf
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .ok_or_else(|| {
+                        bad("json_schema needs {\"json_schema\": {\"schema\": {...}}}".into())
+                    })?;
+                Grammar::json_schema(model, schema)
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown response_format type {:?}; valid: text, json_object, json_schema",
+                    other.unwrap_or("")
+                )))
+            }
+        }
+        .map_err(|e| bad(e.to_string()))?;
+        Ok(Some((grammar, mode)))
     }
 }
 

@@ -117,7 +117,10 @@ impl EngineHandle {
             .map_err(|_| ApiError::unavailable("the engine thread has stopped"))?;
         for (i, request) in requests.into_iter().enumerate() {
             let sink = event_sink(i, out.clone(), Ticket(self.in_flight.clone()));
-            if tx.send(Command::Job(Box::new(Job { request, sink }))).is_err() {
+            if tx
+                .send(Command::Job(Box::new(Job { request, sink })))
+                .is_err()
+            {
                 return Err(ApiError::unavailable("the engine thread has stopped"));
             }
         }

@@ -225,6 +225,40 @@ async fn openai_shapes() {
         .expect("text")
         .contains(&stop));
 
+    // JSON-schema output, enforced both ways, parses and has the required fields.
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "population": {"type": "integer"},
+            "continent": {"enum": ["Europe", "Asia", "Africa", "America", "Oceania"]}
+        },
+        "required": ["city", "population", "continent"],
+        "additionalProperties": false
+    });
+    let mut outputs = Vec::new();
+    for mode in ["mask", "awrs"] {
+        let (st, r) = s
+            .post(
+                "/v1/chat/completions",
+                json!({"messages": [{"role": "user", "content": "Describe Paris as JSON."}],
+                       "max_tokens": 80, "temperature": 0,
+                       "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+                       "tokenwise": {"constraint": mode}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        let text = r["choices"][0]["message"]["content"]
+            .as_str()
+            .expect("content")
+            .to_string();
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert!(v["city"].is_string() && v["population"].is_i64(), "{text}");
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        outputs.push(text);
+    }
+    assert_eq!(outputs[0], outputs[1], "greedy mask and AWRS agree");
+
     // tokenize / detokenize round trip.
     let (st, t) = s.post("/tokenize", json!({"content": "Hello world"})).await;
     assert_eq!(st, 200);
@@ -261,7 +295,9 @@ async fn errors_have_status_codes_and_openai_shape() {
         json!({"prompt": "x", "tokenwise": {"kv_policy": "nope"}}),
         json!({"prompt": "x", "tokenwise": {"no_such_field": 1}}),
         json!({"prompt": "x", "tokenwise": {"speculative": "warp"}}),
-        json!({"prompt": "x", "response_format": {"type": "json_object"}}),
+        json!({"prompt": "x", "response_format": {"type": "xml"}}),
+        json!({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}),
+        json!({"prompt": "x", "response_format": {"type": "json_object"}, "tokenwise": {"constraint": "maybe"}}),
         json!({"prompt": [999999]}),
     ];
     for body in cases {
@@ -319,7 +355,7 @@ async fn errors_have_status_codes_and_openai_shape() {
         .await
         .expect("send");
     assert_eq!(r.status().as_u16(), 413);
-    assert!(s.metric("requests_rejected_invalid_total").await >= 14.0);
+    assert!(s.metric("requests_rejected_invalid_total").await >= 16.0);
     s.stop().await;
 }
 

@@ -58,12 +58,16 @@ pub enum BenchCommand {
     /// The HTTP server under 1, 4, 8 concurrent streaming clients (optionally beside
     /// llama-server): aggregate tokens/s, time to first token, inter-token latency.
     Serve(super::bench_serve::Args),
+    /// Grammar-constrained JSON (response_format) with the full mask every step and with
+    /// adaptive weighted rejection sampling: tokens/s, checks per token, validity.
+    Constrained(super::bench_constrained::Args),
 }
 
 pub fn run(a: Args) -> Result<()> {
     match a.command {
         Some(BenchCommand::Spec(s)) => return super::bench_spec::run(s),
         Some(BenchCommand::Serve(s)) => return super::bench_serve::run(s),
+        Some(BenchCommand::Constrained(c)) => return super::bench_constrained::run(c),
         None => {}
     }
     if a.repetitions == 0 {

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_constrained;
 pub mod bench_serve;
 pub mod bench_spec;
 pub mod chat;
