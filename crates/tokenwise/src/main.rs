@@ -38,6 +38,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
     Bench(cmd::bench::Args),
+    /// Compress any file losslessly with the model's next-token probabilities.
+    Compress(cmd::compress::CompressArgs),
+    /// Restore a file compressed by `tokenwise compress` (needs the same model).
+    Decompress(cmd::compress::DecompressArgs),
     /// Serve the OpenAI-compatible API and the web playground (continuous batching).
     Serve(cmd::serve::Args),
     /// List the model aliases and where they are cached.
@@ -55,6 +59,8 @@ fn main() {
         Command::Eval(a) => cmd::eval_kv::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Compress(a) => cmd::compress::compress(a),
+        Command::Decompress(a) => cmd::compress::decompress(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Models => models::list(),
     };

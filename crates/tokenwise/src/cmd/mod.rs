@@ -1,8 +1,10 @@
 pub mod bench;
+pub mod bench_compress;
 pub mod bench_constrained;
 pub mod bench_serve;
 pub mod bench_spec;
 pub mod chat;
+pub mod compress;
 pub mod detect_eval;
 pub mod eval_kv;
 pub mod generate;
