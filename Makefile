@@ -17,10 +17,12 @@ run: models build
 ## then the server's protocol tests with the official `openai` Python client.
 test: models-test
 	$(CARGO) test --workspace --release
+	@# cargo test has just built target/release/tokenwise (the CLI tests run it); a
+	@# separate `cargo build` would rebuild dependencies with other features.
 	$(MAKE) test-protocol
 
 test-protocol:
-	$(CARGO) build --release -p tokenwise
+	test -x target/release/tokenwise || $(CARGO) build --release -p tokenwise
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check "openai>=1.40,<4" "jsonschema>=4,<5"
 	$(PYTHON) tests/server/test_openai.py target/release/tokenwise
 	$(MAKE) test-browser
