@@ -50,7 +50,7 @@ MODELS = {
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     ),
 }
-TEST_MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b"]
+TEST_MODELS = ["smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"]
 
 
 def cache_dir() -> Path:

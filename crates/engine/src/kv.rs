@@ -11,30 +11,48 @@
 //!   evicted tokens: the context size still bounds the total number of tokens of a
 //!   sequence (RoPE past the trained context is out of distribution); the budget bounds
 //!   memory.
-//! * `full` never evicts and never materialises attention weights: it runs exactly the
-//!   no-policy path.
+//! * `full` never evicts and never materialises attention weights: with f16 storage it
+//!   runs exactly the no-policy path.
+//! * KV quantisation ([`KvQuant`], `--kv-dtype int8|int4|mixed`) combines with any
+//!   policy: the controller sets the cache's storage before each forward call and,
+//!   after eviction, quantises every lane's settled entries (complete groups out of
+//!   the residual window; see `model::kv_cache`). Eviction sees quantised lanes as any
+//!   others; policies that read keys (`knorm`) get them dequantised.
+//! * `mixed` keeps the share `mixed_keep` of each new group that the policy's
+//!   [`KvPolicy::importance`] ranks highest at int8, the rest at int4. `full` and
+//!   `window` have no scores, so with `mixed` the controller runs an `h2o` scorer
+//!   beside them (accumulated attention, as MiKV uses), which materialises the
+//!   attention weights.
+//! * When the cache was truncated behind the controller's back (a session reusing a
+//!   prefix), the policy and scorer forget the dropped slots before the next call.
 
 use kv::{Budget, KvPolicy, KvShape, LaneView, LayerAttention, PolicyParams};
+use model::kv_cache::SettleCandidates;
+pub use model::kv_cache::{KvDtype, KvQuant};
 use model::{AttentionObserver, AttentionWeights, Batch, Model, SequenceState};
 
 use crate::{EngineError, Result};
 
-/// A policy by name, its budget and parameters (what `--kv-policy`/`--kv-budget` set).
+/// A policy by name, its budget and parameters, and the storage type (what
+/// `--kv-policy`/`--kv-budget`/`--kv-dtype` set).
 #[derive(Clone, Debug, PartialEq)]
 pub struct KvOptions {
     pub policy: String,
     /// Required for every policy but `full` (which ignores it).
     pub budget: Option<Budget>,
     pub params: PolicyParams,
+    /// How keys and values are stored (f16 by default).
+    pub quant: KvQuant,
 }
 
 impl Default for KvOptions {
-    /// `full`: the exact cache.
+    /// `full` in f16: the exact cache.
     fn default() -> Self {
         KvOptions {
             policy: "full".into(),
             budget: None,
             params: PolicyParams::default(),
+            quant: KvQuant::default(),
         }
     }
 }
@@ -44,13 +62,24 @@ impl KvOptions {
         KvOptions {
             policy: policy.into(),
             budget,
-            params: PolicyParams::default(),
+            ..KvOptions::default()
         }
     }
 
-    /// Whether these options are the exact cache.
+    /// The same options with keys and values stored as `quant` says.
+    pub fn with_quant(mut self, quant: KvQuant) -> KvOptions {
+        self.quant = quant;
+        self
+    }
+
+    /// Whether the policy is `full` (it never evicts).
     pub fn is_full(&self) -> bool {
         self.policy.eq_ignore_ascii_case("full")
+    }
+
+    /// Whether these options are the exact cache (`full`, f16): no controller needed.
+    pub fn is_exact(&self) -> bool {
+        self.is_full() && !self.quant.is_quantized()
     }
 
     /// A controller for `model` with a context of `n_ctx` tokens. Errors on an unknown
@@ -69,13 +98,16 @@ impl KvOptions {
             b.resolve(n_ctx).map_err(invalid)?
         };
         let c = &model.config;
+        self.quant
+            .validate(c.head_dim)
+            .map_err(|e| EngineError::Invalid(format!("KV quantisation: {e}")))?;
         let shape = KvShape {
             n_layer: c.n_layer,
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        Ok(KvController::new(policy, budget, shape))
+        Ok(KvController::new(policy, budget, shape).with_quant(self.quant))
     }
 }
 
@@ -92,28 +124,57 @@ pub struct KvStats {
     pub peak_bytes: usize,
 }
 
-/// Runs forward calls under an eviction policy with a per-lane budget.
+/// Runs forward calls under an eviction policy with a per-lane budget, and keeps the
+/// cache's storage type.
 pub struct KvController {
     policy: Box<dyn KvPolicy>,
     budget: usize,
     shape: KvShape,
+    quant: KvQuant,
+    /// `mixed` with a policy without scores: the policy that ranks tokens instead.
+    scorer: Option<Box<dyn KvPolicy>>,
+    /// Logical slots in the cache after the last call (to notice truncation).
+    seen_slots: usize,
     keep: Vec<usize>,
     kept: Vec<usize>,
+    /// Dequantised keys of a lane for policies that read keys.
+    keys: Vec<f32>,
     stats: KvStats,
 }
 
 impl KvController {
-    /// `budget` tokens per lane (`usize::MAX`: never evict).
+    /// `budget` tokens per lane (`usize::MAX`: never evict); f16 storage.
     pub fn new(mut policy: Box<dyn KvPolicy>, budget: usize, shape: KvShape) -> KvController {
         policy.reset(&shape);
         KvController {
             policy,
             budget,
             shape,
+            quant: KvQuant::default(),
+            scorer: None,
+            seen_slots: 0,
             keep: Vec::new(),
             kept: Vec::new(),
+            keys: Vec::new(),
             stats: KvStats::default(),
         }
+    }
+
+    /// Stores keys and values as `quant` says (validated by [`KvOptions::controller`];
+    /// the cache checks again when it is applied).
+    pub fn with_quant(mut self, quant: KvQuant) -> KvController {
+        self.quant = quant;
+        self.scorer = (quant.dtype == KvDtype::Mixed && !self.policy.has_importance()).then(|| {
+            let mut h2o: Box<dyn KvPolicy> = Box::new(kv::H2o::new(0.0));
+            h2o.reset(&self.shape);
+            h2o
+        });
+        self
+    }
+
+    /// The storage settings.
+    pub fn quant(&self) -> &KvQuant {
+        &self.quant
     }
 
     pub fn policy_name(&self) -> &'static str {
@@ -137,7 +198,41 @@ impl KvController {
     /// Forgets the policy's state (call with an emptied cache).
     pub fn reset(&mut self) {
         self.policy.reset(&self.shape);
+        if let Some(s) = &mut self.scorer {
+            s.reset(&self.shape);
+        }
+        self.seen_slots = 0;
         self.stats = KvStats::default();
+    }
+
+    /// The policy that must see this call's attention weights: the evicting policy
+    /// when it scores by attention, else a `mixed` scorer that does; `None` when no
+    /// weights are needed (then none are materialised).
+    fn watcher(&mut self) -> Option<&mut dyn KvPolicy> {
+        if self.evicts() && self.policy.wants_attention() {
+            return Some(self.policy.as_mut());
+        }
+        match &mut self.scorer {
+            Some(s) if s.wants_attention() => Some(s.as_mut()),
+            _ => None,
+        }
+    }
+
+    /// Applies the storage settings to the cache and, when the cache lost slots since
+    /// the last call (truncation by the caller), makes the policies forget them.
+    fn sync(&mut self, state: &mut SequenceState) -> Result<()> {
+        state.cache.set_quant(self.quant)?;
+        let n = state.cache.len();
+        if n < self.seen_slots {
+            self.kept.clear();
+            self.kept.extend(0..n);
+            self.policy.retain_slots(&self.kept);
+            if let Some(s) = &mut self.scorer {
+                s.retain_slots(&self.kept);
+            }
+        }
+        self.seen_slots = n;
+        Ok(())
     }
 
     /// One forward call: appends the batch, copies the requested logits into
@@ -163,36 +258,68 @@ impl KvController {
         batch: &Batch<'_>,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        let watch = self.evicts() && self.policy.wants_attention();
-        let out = if watch {
-            let mut obs = PolicyObserver {
-                policy: self.policy.as_mut(),
-            };
-            model.forward(state, batch, Some(&mut obs))?
-        } else {
-            model.forward(state, batch, None)?
+        self.sync(state)?;
+        let out = match self.watcher() {
+            Some(policy) => {
+                let mut obs = PolicyObserver { policy };
+                model.forward(state, batch, Some(&mut obs))?
+            }
+            None => model.forward(state, batch, None)?,
         };
         logits.clear();
         logits.extend_from_slice(out);
         Ok(())
     }
 
-    /// Evicts every lane down to the budget (nothing for `full`).
     /// The observer to pass with this sequence to a batched forward call
-    /// ([`model::Model::forward_many`]); `None` when the policy needs no attention
+    /// ([`model::Model::forward_many`]); `None` when no policy needs attention
     /// weights (then none are materialised). Call [`KvController::enforce_budget`]
     /// after the pass.
     pub fn observer(&mut self) -> Option<PolicyObserver<'_>> {
-        (self.evicts() && self.policy.wants_attention()).then(|| PolicyObserver {
-            policy: self.policy.as_mut(),
-        })
+        self.watcher().map(|policy| PolicyObserver { policy })
     }
 
+    /// Evicts every lane down to the budget (nothing for `full`), then quantises the
+    /// entries that left the residual window (nothing for f16).
     pub fn enforce_budget(&mut self, state: &mut SequenceState) -> Result<()> {
+        // A batched caller ran the forward pass without `sync`: the first batch of a
+        // sequence was stored at full precision and is quantised here.
+        state.cache.set_quant(self.quant)?;
         if self.evicts() {
             self.evict(state)?;
         }
+        if self.quant.is_quantized() {
+            self.quantize(state);
+            self.stats.peak_bytes = self.stats.peak_bytes.max(state.cache.memory_bytes());
+        }
+        self.seen_slots = state.cache.len();
         Ok(())
+    }
+
+    /// Quantises every lane's settled entries; with `mixed`, ranked by the policy's
+    /// (or the scorer's) importance.
+    fn quantize(&mut self, state: &mut SequenceState) {
+        if self.quant.dtype != KvDtype::Mixed {
+            state.cache.quantize_settled(None);
+            return;
+        }
+        let scorer: &mut dyn KvPolicy = match &mut self.scorer {
+            Some(s) => s.as_mut(),
+            None => self.policy.as_mut(),
+        };
+        let wants_keys = scorer.wants_keys();
+        let mut importance = |c: &SettleCandidates<'_>, out: &mut Vec<f32>| {
+            let view = LaneView {
+                layer: c.layer,
+                kv_head: c.kv_head,
+                slots: c.slots,
+                positions: c.positions,
+                keys: if wants_keys { c.keys } else { &[] },
+                head_dim: c.head_dim,
+            };
+            scorer.importance(&view, out);
+        };
+        state.cache.quantize_settled(Some(&mut importance));
     }
 
     /// Shrinks every lane holding more than the budget, then drops the slots no lane
@@ -207,12 +334,21 @@ impl KvController {
                     continue;
                 }
                 self.keep.clear();
+                // Keys only for policies that read them; dequantised when needed.
+                let keys: &[f32] = if !self.policy.wants_keys() {
+                    &[]
+                } else if lane.n_quantized() == 0 {
+                    lane.keys()
+                } else {
+                    lane.dequantize_keys(self.shape.head_dim, &mut self.keys);
+                    &self.keys
+                };
                 let view = LaneView {
                     layer,
                     kv_head: g,
                     slots: lane.slots(),
                     positions: cache.positions(),
-                    keys: lane.keys(),
+                    keys,
                     head_dim: self.shape.head_dim,
                 };
                 self.policy.select(&view, self.budget, &mut self.keep);
@@ -236,6 +372,9 @@ impl KvController {
             cache.drop_unused_slots(&mut self.kept);
             if self.kept.len() < before {
                 self.policy.retain_slots(&self.kept);
+                if let Some(s) = &mut self.scorer {
+                    s.retain_slots(&self.kept);
+                }
             }
         }
         self.stats.peak_bytes = self.stats.peak_bytes.max(cache.memory_bytes());

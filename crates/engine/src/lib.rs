@@ -36,7 +36,8 @@ pub use session::{
     TokenEvent, DEFAULT_PREFILL_CHUNK,
 };
 pub use speculative::{
-    SpeculativeConfig, SpeculativeGeneration, SpeculativeMethod, SpeculativeStats, Speculator,
+    check_same_vocabulary, DraftModelConfig, SpeculativeConfig, SpeculativeGeneration,
+    SpeculativeMethod, SpeculativeStats, Speculator,
 };
 pub use stop::StopMatcher;
 

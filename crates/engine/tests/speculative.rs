@@ -132,7 +132,7 @@ fn check_model(
     let (_turn, m) = load(file);
     let start = Instant::now();
     let p = params(max_tokens);
-    let mut specs: Vec<Speculator> = SpeculativeMethod::ALL
+    let mut specs: Vec<Speculator> = SpeculativeMethod::MODEL_FREE
         .iter()
         .map(|&method| Speculator::new(&eager(method)).unwrap())
         .collect();
@@ -214,7 +214,7 @@ fn kv_cache_after_rejected_branches_equals_plain_decoding() {
         stop_at_eog: false,
         ..params(40)
     };
-    for method in SpeculativeMethod::ALL {
+    for method in SpeculativeMethod::MODEL_FREE {
         let mut spec = Speculator::new(&eager(method)).unwrap();
         let mut a = Session::new(m, 512).unwrap();
         let (g, _) = speculative(&mut a, &ids, &p, &mut spec);
@@ -260,7 +260,7 @@ fn stop_strings_context_limits_and_cancellation_match_plain_decoding() {
         (1024, params(0)),
     ];
     for (n_ctx, p) in cases {
-        for method in SpeculativeMethod::ALL {
+        for method in SpeculativeMethod::MODEL_FREE {
             let mut spec = Speculator::new(&eager(method)).unwrap();
             let mut a = Session::new(m, n_ctx).unwrap();
             let mut b = Session::new(m, n_ctx).unwrap();

@@ -1,12 +1,15 @@
 //! Quality against memory for KV eviction policies (`tokenwise eval kv`).
 //!
-//! For each (policy, budget) cell:
+//! For each (policy, budget) cell and each KV storage type (f16, int8, int4, mixed):
 //! 1. perplexity of one long real text scored in one pass, the cache evicting down to
-//!    the budget after every chunk as scoring proceeds ([`kv_perplexity`]);
+//!    the budget (and quantising settled entries) after every chunk as scoring
+//!    proceeds ([`kv_perplexity`]), then a few greedy decode steps at that context;
 //! 2. passkey retrieval: a five-digit key hidden at a depth of 10–90% of filler text of
 //!    a given length, greedy answer, accuracy over the trials ([`passkey_trial`]);
-//! 3. KV bytes actually held (measured from the cache storage after eviction) and decode
-//!    tokens/s at the largest passkey context.
+//! 3. KV bytes actually held (measured from the cache storage after eviction; also
+//!    with full-precision entries counted as true f16, since the f16 path keeps them in
+//!    f32 containers) and decode tokens/s at the largest context (the passkey's when
+//!    passkey runs, else the long text's).
 //!
 //! Budgets given as a percentage are a share of each task's own context (the text
 //! length for perplexity, the prompt length for passkey).
@@ -15,6 +18,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Instant;
 
+use engine::kv::{KvDtype, KvQuant};
 use engine::{Budget, KvOptions, PolicyParams};
 use model::{Batch, LoadedModel, LogitsFor};
 use sample::argmax;
@@ -27,6 +31,12 @@ pub struct KvEvalOptions {
     /// Cells: policy name and budget (`None` for `full`).
     pub cells: Vec<(String, Option<Budget>)>,
     pub params: PolicyParams,
+    /// Storage types, each run for every cell.
+    pub dtypes: Vec<KvDtype>,
+    /// Residual window, group sizes and mixed share of the quantised types.
+    pub quant: KvQuant,
+    /// Greedy decode steps timed after the long text (0: none).
+    pub decode_steps: usize,
     /// Tokens per forward call (eviction runs after each).
     pub chunk: usize,
     /// Tokens of the long text scored for perplexity (0: skip).
@@ -46,6 +56,9 @@ impl Default for KvEvalOptions {
         KvEvalOptions {
             cells: vec![("full".into(), None)],
             params: PolicyParams::default(),
+            dtypes: vec![KvDtype::F16],
+            quant: KvQuant::default(),
+            decode_steps: 32,
             chunk: 64,
             ppl_tokens: 8192,
             passkey_lengths: vec![1024, 2048, 4096],
@@ -62,14 +75,33 @@ pub struct KvEvalRow {
     pub policy: String,
     /// As given (`25%`, `256`, or `-` for `full`).
     pub budget: String,
+    /// KV storage type.
+    pub dtype: String,
     pub ppl: Option<f64>,
     /// `(context length, correct, trials)` per passkey length.
     pub passkey: Vec<(usize, usize, usize)>,
     /// KV bytes held after the last eviction at the largest passkey context (or of the
     /// perplexity run when passkey is skipped).
     pub kv_bytes: usize,
-    /// Decode tokens/s at the largest passkey context.
+    /// `kv_bytes` with full-precision entries counted as true f16.
+    pub kv_bytes_f16: usize,
+    /// Decode tokens/s at the largest context.
     pub decode_tps: f64,
+    /// The context decode speed was measured at (cached tokens before the steps).
+    pub decode_context: usize,
+}
+
+/// Outcome of [`kv_perplexity`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KvPerplexity {
+    pub ppl: f64,
+    /// KV bytes held at the end of scoring.
+    pub kv_bytes: usize,
+    /// The same with full-precision entries counted as true f16.
+    pub kv_bytes_f16: usize,
+    /// Greedy decode steps after the text, and their time.
+    pub decode_steps: usize,
+    pub decode_secs: f64,
 }
 
 fn engine_err(e: engine::EngineError) -> EvalError {
@@ -77,14 +109,16 @@ fn engine_err(e: engine::EngineError) -> EvalError {
 }
 
 /// Perplexity of `ids` scored in one pass (every token after the first), the cache
-/// evicting to the budget after every `chunk` tokens. Returns `(ppl, kv bytes held at
-/// the end)`.
+/// evicting to the budget (a percentage is of `ids.len()`) and quantising after every
+/// `chunk` tokens; then `decode_steps` greedy tokens are decoded one per forward call
+/// at that context and timed.
 pub fn kv_perplexity(
     model: &LoadedModel,
     ids: &[u32],
     kv: &KvOptions,
     chunk: usize,
-) -> Result<(f64, usize)> {
+    decode_steps: usize,
+) -> Result<KvPerplexity> {
     if ids.len() < 2 {
         return Err(EvalError::Input(
             "perplexity needs at least 2 tokens".into(),
@@ -92,7 +126,7 @@ pub fn kv_perplexity(
     }
     let m = &model.model;
     let mut ctl = kv.controller(m, ids.len()).map_err(engine_err)?;
-    let mut state = m.new_state(ids.len());
+    let mut state = m.new_state(ids.len() + decode_steps);
     let vocab = m.config.vocab_size;
     let (mut logits, mut positions) = (Vec::new(), Vec::new());
     let (mut nll, mut scored) = (0f64, 0usize);
@@ -116,7 +150,23 @@ pub fn kv_perplexity(
             }
         }
     }
-    Ok(((nll / scored as f64).exp(), state.cache.memory_bytes()))
+    let (kv_bytes, kv_bytes_f16) = (state.cache.memory_bytes(), state.cache.memory_bytes_f16());
+    let last = logits.len() / vocab - 1;
+    let mut next = argmax(&logits[last * vocab..]);
+    let t = Instant::now();
+    for i in 0..decode_steps {
+        let pos = [ids.len() + i];
+        ctl.forward(m, &mut state, &Batch::causal(&[next], &pos), &mut logits)
+            .map_err(engine_err)?;
+        next = argmax(&logits);
+    }
+    Ok(KvPerplexity {
+        ppl: (nll / scored as f64).exp(),
+        kv_bytes,
+        kv_bytes_f16,
+        decode_steps,
+        decode_secs: t.elapsed().as_secs_f64(),
+    })
 }
 
 /// ln softmax(row)[id], in f64.
@@ -162,6 +212,7 @@ pub struct PasskeyOutcome {
     pub decode_steps: usize,
     pub decode_secs: f64,
     pub kv_bytes: usize,
+    pub kv_bytes_f16: usize,
 }
 
 /// Prefills the passkey prompt under `kv`, decodes greedily and checks that the key is
@@ -220,6 +271,7 @@ pub fn passkey_trial(
         decode_steps: steps,
         decode_secs: secs,
         kv_bytes: state.cache.memory_bytes(),
+        kv_bytes_f16: state.cache.memory_bytes_f16(),
     })
 }
 
@@ -238,25 +290,39 @@ pub fn run_kv_eval(
         )));
     }
     let mut rows = Vec::new();
-    for (policy, budget) in &opts.cells {
+    let cells = opts
+        .cells
+        .iter()
+        .flat_map(|c| opts.dtypes.iter().map(move |d| (c, *d)));
+    for ((policy, budget), dtype) in cells {
         let kv = KvOptions {
             policy: policy.clone(),
             budget: *budget,
             params: opts.params.clone(),
+            quant: KvQuant {
+                dtype,
+                ..opts.quant
+            },
         };
         let mut row = KvEvalRow {
             policy: policy.clone(),
             budget: budget.map_or("-".into(), |b| b.to_string()),
+            dtype: dtype.to_string(),
             ..Default::default()
         };
+        let label = format!("{policy} {} {dtype}", row.budget);
+        let (mut steps, mut secs) = (0, 0.0);
         if opts.ppl_tokens > 0 {
-            let (ppl, bytes) = kv_perplexity(model, &text_ids[..opts.ppl_tokens], &kv, opts.chunk)?;
-            row.ppl = Some(ppl);
-            row.kv_bytes = bytes;
-            progress(&format!("{policy} {}: ppl {ppl:.3}", row.budget));
+            let ids = &text_ids[..opts.ppl_tokens];
+            let r = kv_perplexity(model, ids, &kv, opts.chunk, opts.decode_steps)?;
+            row.ppl = Some(r.ppl);
+            row.kv_bytes = r.kv_bytes;
+            row.kv_bytes_f16 = r.kv_bytes_f16;
+            (steps, secs) = (r.decode_steps, r.decode_secs);
+            row.decode_context = ids.len();
+            progress(&format!("{label}: ppl {:.3}", r.ppl));
         }
         let mut rng = opts.seed.max(1);
-        let (mut steps, mut secs) = (0, 0.0);
         let lengths: &[usize] = if opts.passkey_trials > 0 {
             &opts.passkey_lengths
         } else {
@@ -264,6 +330,10 @@ pub fn run_kv_eval(
         };
         for (li, &len) in lengths.iter().enumerate() {
             let mut correct = 0;
+            if li + 1 == lengths.len() {
+                // Decode speed at the largest passkey context replaces the text's.
+                (steps, secs) = (0, 0.0);
+            }
             for t in 0..opts.passkey_trials {
                 let depth = 0.1 + 0.8 * (t % 9) as f64 / 8.0;
                 rng ^= rng << 13;
@@ -284,12 +354,14 @@ pub fn run_kv_eval(
                     steps += o.decode_steps;
                     secs += o.decode_secs;
                     row.kv_bytes = o.kv_bytes;
+                    row.kv_bytes_f16 = o.kv_bytes_f16;
+                    row.decode_context = len;
                 }
             }
             row.passkey.push((len, correct, opts.passkey_trials));
             progress(&format!(
-                "{policy} {}: passkey@{len} {correct}/{}",
-                row.budget, opts.passkey_trials
+                "{label}: passkey@{len} {correct}/{}",
+                opts.passkey_trials
             ));
         }
         row.decode_tps = if secs > 0.0 { steps as f64 / secs } else { 0.0 };
@@ -303,25 +375,31 @@ pub fn markdown_table(rows: &[KvEvalRow]) -> String {
     let lengths: Vec<usize> = rows
         .first()
         .map_or(Vec::new(), |r| r.passkey.iter().map(|p| p.0).collect());
-    let mut s = String::from("| policy | budget | ppl |");
+    let mut s = String::from("| policy | budget | KV dtype | ppl |");
     for l in &lengths {
         let _ = write!(s, " passkey@{l} |");
     }
-    s.push_str(" KV MiB | decode tok/s |\n|---|---|---|");
+    s.push_str(" KV MiB | KV MiB (f16 storage) | decode tok/s |\n|---|---|---|---|");
     s.push_str(&"---|".repeat(lengths.len()));
-    s.push_str("---|---|\n");
+    s.push_str("---|---|---|\n");
     for r in rows {
         let ppl = r.ppl.map_or("-".into(), |p| format!("{p:.3}"));
-        let _ = write!(s, "| {} | {} | {ppl} |", r.policy, r.budget);
+        let _ = write!(s, "| {} | {} | {} | {ppl} |", r.policy, r.budget, r.dtype);
         for &(_, c, n) in &r.passkey {
             let _ = write!(s, " {:.0}% |", 100.0 * c as f64 / n.max(1) as f64);
         }
         let tps = if r.decode_tps > 0.0 {
-            format!("{:.1}", r.decode_tps)
+            format!("{:.1} @{}", r.decode_tps, r.decode_context)
         } else {
             "-".into()
         };
-        let _ = writeln!(s, " {:.2} | {tps} |", r.kv_bytes as f64 / (1 << 20) as f64);
+        let mib = |b: usize| b as f64 / (1 << 20) as f64;
+        let _ = writeln!(
+            s,
+            " {:.2} | {:.2} | {tps} |",
+            mib(r.kv_bytes),
+            mib(r.kv_bytes_f16)
+        );
     }
     s
 }
@@ -329,26 +407,25 @@ pub fn markdown_table(rows: &[KvEvalRow]) -> String {
 /// The rows as CSV (one passkey column per length: correct/trials as a fraction).
 pub fn csv(rows: &[KvEvalRow]) -> String {
     let mut s = String::from(
-        "policy,budget,ppl,passkey_len,passkey_acc,passkey_trials,kv_bytes,decode_tps\n",
+        "policy,budget,dtype,ppl,passkey_len,passkey_acc,passkey_trials,kv_bytes,kv_bytes_f16,decode_tps,decode_context\n",
     );
     for r in rows {
         let ppl = r.ppl.map_or(String::new(), |p| format!("{p:.4}"));
+        let tail = format!(
+            "{},{},{:.2},{}",
+            r.kv_bytes, r.kv_bytes_f16, r.decode_tps, r.decode_context
+        );
         if r.passkey.is_empty() {
-            let _ = writeln!(
-                s,
-                "{},{},{ppl},,,,{},{:.2}",
-                r.policy, r.budget, r.kv_bytes, r.decode_tps
-            );
+            let _ = writeln!(s, "{},{},{},{ppl},,,,{tail}", r.policy, r.budget, r.dtype);
         }
         for &(len, c, n) in &r.passkey {
             let _ = writeln!(
                 s,
-                "{},{},{ppl},{len},{:.4},{n},{},{:.2}",
+                "{},{},{},{ppl},{len},{:.4},{n},{tail}",
                 r.policy,
                 r.budget,
+                r.dtype,
                 c as f64 / n.max(1) as f64,
-                r.kv_bytes,
-                r.decode_tps
             );
         }
     }
@@ -408,31 +485,40 @@ mod tests {
             KvEvalRow {
                 policy: "full".into(),
                 budget: "-".into(),
+                dtype: "f16".into(),
                 ppl: Some(7.5),
                 passkey: vec![(1024, 20, 20), (2048, 19, 20)],
                 kv_bytes: 1 << 20,
+                kv_bytes_f16: 1 << 19,
                 decode_tps: 30.0,
+                decode_context: 2048,
             },
             KvEvalRow {
                 policy: "h2o".into(),
                 budget: "25%".into(),
+                dtype: "int4".into(),
                 ppl: None,
                 passkey: vec![(1024, 5, 20), (2048, 1, 20)],
                 kv_bytes: 1 << 18,
+                kv_bytes_f16: 1 << 18,
                 decode_tps: 0.0,
+                decode_context: 0,
             },
         ];
         let md = markdown_table(&rows);
         assert!(
-            md.contains("| full | - | 7.500 | 100% | 95% | 1.00 | 30.0 |"),
+            md.contains("| full | - | f16 | 7.500 | 100% | 95% | 1.00 | 0.50 | 30.0 @2048 |"),
             "{md}"
         );
         assert!(
-            md.contains("| h2o | 25% | - | 25% | 5% | 0.25 | - |"),
+            md.contains("| h2o | 25% | int4 | - | 25% | 5% | 0.25 | 0.25 | - |"),
             "{md}"
         );
         let csv = csv(&rows);
         assert_eq!(csv.lines().count(), 5);
-        assert!(csv.contains("h2o,25%,,2048,0.0500,20,262144,0.00"), "{csv}");
+        assert!(
+            csv.contains("h2o,25%,int4,,2048,0.0500,20,262144,262144,0.00,0"),
+            "{csv}"
+        );
     }
 }

@@ -20,6 +20,7 @@
 
 use std::time::Instant;
 
+use engine::{KvController, KvOptions};
 use model::{Batch, LoadedModel, LogitsFor, Model, SequenceState};
 
 use crate::{EvalError, Result};
@@ -131,10 +132,24 @@ pub trait Scorer {
     fn forward(&mut self, tokens: &[u32], positions: &[usize], rows: &[usize]) -> Result<&[f32]>;
 }
 
-/// A [`Model`] with one sequence's state of `ctx` slots.
+/// A [`Model`] with one sequence's state of `ctx` slots, optionally under a KV policy
+/// and storage type.
 pub struct ModelScorer<'m> {
     model: &'m Model,
     state: SequenceState,
+    kv: Option<KvController>,
+    logits: Vec<f32>,
+    memory: KvMemory,
+}
+
+/// The most KV-cache memory a run held after any forward call (measured from the
+/// storage; see `model::KvCache::memory_bytes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvMemory {
+    /// Bytes held, full-precision entries in their f32 containers.
+    pub peak_bytes: usize,
+    /// The same with full-precision entries counted as true f16.
+    pub peak_bytes_f16: usize,
 }
 
 impl<'m> ModelScorer<'m> {
@@ -142,7 +157,36 @@ impl<'m> ModelScorer<'m> {
         ModelScorer {
             model,
             state: model.new_state(ctx),
+            kv: None,
+            logits: Vec::new(),
+            memory: KvMemory::default(),
         }
+    }
+
+    /// Every forward call under `kv` (eviction after each call, quantised storage);
+    /// the exact options run the plain path.
+    pub fn with_kv(model: &'m Model, ctx: usize, kv: &KvOptions) -> Result<Self> {
+        let mut s = ModelScorer::new(model, ctx);
+        if !kv.is_exact() {
+            let ctl = kv
+                .controller(model, ctx)
+                .map_err(|e| EvalError::Input(e.to_string()))?;
+            s.kv = Some(ctl);
+        }
+        Ok(s)
+    }
+
+    /// The most KV memory held after a forward call so far.
+    pub fn memory(&mut self) -> KvMemory {
+        self.note_memory();
+        self.memory
+    }
+
+    fn note_memory(&mut self) {
+        let cache = &self.state.cache;
+        let m = &mut self.memory;
+        m.peak_bytes = m.peak_bytes.max(cache.memory_bytes());
+        m.peak_bytes_f16 = m.peak_bytes_f16.max(cache.memory_bytes_f16());
     }
 }
 
@@ -152,7 +196,11 @@ impl Scorer for ModelScorer<'_> {
     }
 
     fn reset(&mut self) {
+        self.note_memory();
         self.state.cache.clear();
+        if let Some(kv) = &mut self.kv {
+            kv.reset();
+        }
     }
 
     fn forward(&mut self, tokens: &[u32], positions: &[usize], rows: &[usize]) -> Result<&[f32]> {
@@ -162,7 +210,19 @@ impl Scorer for ModelScorer<'_> {
             mask: None,
             logits: LogitsFor::Rows(rows),
         };
-        Ok(self.model.forward(&mut self.state, &batch, None)?)
+        match &mut self.kv {
+            Some(kv) => {
+                kv.forward(self.model, &mut self.state, &batch, &mut self.logits)
+                    .map_err(|e| EvalError::Input(e.to_string()))?;
+                self.note_memory();
+                Ok(&self.logits)
+            }
+            // The logits live in the state, so memory is noted at the next call.
+            None => {
+                self.note_memory();
+                Ok(self.model.forward(&mut self.state, &batch, None)?)
+            }
+        }
     }
 }
 
@@ -215,6 +275,34 @@ pub fn perplexity(
         &|t| tok.token_bytes(t).len(),
         progress,
     )
+}
+
+/// [`perplexity`] with every window's cache under the KV options `kv` (policy, budget
+/// and storage type; a percentage budget is of `ctx`): eviction and quantisation run
+/// after every sub-batch of `batch` tokens, so `batch` is their granularity (a
+/// sub-batch attends its own tokens at full precision). Also returns the most KV
+/// memory any window held.
+pub fn perplexity_kv(
+    model: &LoadedModel,
+    text: &str,
+    ctx: usize,
+    batch: usize,
+    kv: &KvOptions,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<(PerplexityReport, KvMemory)> {
+    let (tokens, bos, _) = prepare_text(model, text, ctx)?;
+    let mut scorer = ModelScorer::with_kv(&model.model, ctx, kv)?;
+    let tok = &model.tokenizer;
+    let report = perplexity_of_tokens(
+        &mut scorer,
+        &tokens,
+        ctx,
+        batch,
+        bos,
+        &|t| tok.token_bytes(t).len(),
+        progress,
+    )?;
+    Ok((report, scorer.memory()))
 }
 
 /// The window loop of [`perplexity`] over already tokenised text. `bos`: the token that

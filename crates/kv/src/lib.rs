@@ -26,6 +26,10 @@
 //! | `knorm` | keys with the lowest L2 norm | yes | "A simple and effective L2 norm-based strategy" |
 //! | `keyformer` | highest accumulated Gumbel-softmax attention + a recent window | yes | Keyformer |
 //! | `snapkv` | highest max-pooled attention from the last `window` queries + those queries | yes | SnapKV |
+//!
+//! Every policy but `full` and `window` also exposes its per-token scores
+//! ([`KvPolicy::importance`]) for importance-aware mixed-precision storage: the
+//! engine keeps the tokens a policy ranks highest at int8 and the rest at int4.
 
 mod policies;
 
@@ -112,7 +116,8 @@ pub struct LaneView<'a> {
     pub slots: &'a [u32],
     /// Position of every logical slot of the cache (index with `slots`).
     pub positions: &'a [usize],
-    /// Keys of the entries, `[len, head_dim]` (after RoPE).
+    /// Keys of the entries, `[len, head_dim]` (after RoPE; dequantised when the cache
+    /// stores them quantised). Empty unless the policy [`KvPolicy::wants_keys`].
     pub keys: &'a [f32],
     pub head_dim: usize,
 }
@@ -144,6 +149,23 @@ pub trait KvPolicy: Send {
     /// The cache dropped every logical slot not in `keep` (strictly increasing) and
     /// renumbered the survivors `0..keep.len()`.
     fn retain_slots(&mut self, _keep: &[usize]) {}
+    /// Whether [`KvPolicy::select`] and [`KvPolicy::importance`] read
+    /// [`LaneView::keys`] (materialising them from a quantised cache costs time, so the
+    /// engine passes an empty slice to policies that do not).
+    fn wants_keys(&self) -> bool {
+        false
+    }
+    /// Whether [`KvPolicy::importance`] gives scores.
+    fn has_importance(&self) -> bool {
+        false
+    }
+    /// Pushes onto `out` (empty on entry) one score per entry of `lane` (higher = more
+    /// worth keeping), the ranking [`KvPolicy::select`] keeps by, without the recent
+    /// window it always keeps. `lane` may be any increasing subset of a lane's
+    /// entries. Mixed-precision KV storage (ZipCache, MiKV) keeps the highest-scored
+    /// tokens at the higher precision. Policies without per-token scores (`full`,
+    /// `window`) push nothing.
+    fn importance(&mut self, _lane: &LaneView<'_>, _out: &mut Vec<f32>) {}
 }
 
 /// Tunable parameters of the policies; each reads the ones it uses.

@@ -165,6 +165,13 @@ impl KvPolicy for H2o {
     fn retain_slots(&mut self, keep: &[usize]) {
         self.acc.retain(keep);
     }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        let id = lane.layer * self.n_head_kv + lane.kv_head;
+        out.extend(lane.slots.iter().map(|&s| self.acc.get(id, s)));
+    }
 }
 
 /// TOVA (Token Omission Via Attention): keeps the tokens with the highest attention
@@ -205,6 +212,12 @@ impl KvPolicy for Tova {
     }
     fn retain_slots(&mut self, keep: &[usize]) {
         self.last.retain(keep);
+    }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        out.extend(lane.slots.iter().map(|&s| self.last.get(lane.layer, s)));
     }
 }
 
@@ -265,6 +278,13 @@ impl KvPolicy for A2sf {
     fn retain_slots(&mut self, keep: &[usize]) {
         self.acc.retain(keep);
     }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        let id = lane.layer * self.n_head_kv + lane.kv_head;
+        out.extend(lane.slots.iter().map(|&s| self.acc.get(id, s)));
+    }
 }
 
 /// K-norm: keys with a low L2 norm tend to receive high attention, so each lane keeps
@@ -277,14 +297,25 @@ impl KvPolicy for KNorm {
     }
     fn reset(&mut self, _shape: &KvShape) {}
     fn select(&mut self, lane: &LaneView<'_>, budget: usize, keep: &mut Vec<usize>) {
-        let hd = lane.head_dim;
-        let norms: Vec<f32> = lane
-            .keys
-            .chunks_exact(hd)
-            .map(|k| k.iter().map(|x| x * x).sum::<f32>())
-            .collect();
+        let mut scores = Vec::with_capacity(lane.len());
+        self.importance(lane, &mut scores);
         let mut order = Vec::with_capacity(lane.len());
-        keep_top(lane.len(), budget, 0, |e| -norms[e], &mut order, keep);
+        keep_top(lane.len(), budget, 0, |e| scores[e], &mut order, keep);
+    }
+    fn wants_keys(&self) -> bool {
+        true
+    }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    /// Minus the squared L2 norm of each key.
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        let hd = lane.head_dim;
+        out.extend(
+            lane.keys
+                .chunks_exact(hd)
+                .map(|k| -k.iter().map(|x| x * x).sum::<f32>()),
+        );
     }
 }
 
@@ -358,6 +389,38 @@ impl KvPolicy for SnapKv {
         }
     }
     fn select(&mut self, lane: &LaneView<'_>, budget: usize, keep: &mut Vec<usize>) {
+        self.pool(lane);
+        let pooled = &self.pooled;
+        let recent = self.window.min(budget);
+        keep_top(
+            lane.len(),
+            budget,
+            recent,
+            |e| pooled[e],
+            &mut self.order,
+            keep,
+        );
+    }
+    fn retain_slots(&mut self, keep: &[usize]) {
+        for rows in &mut self.rows {
+            for row in rows.iter_mut() {
+                retain_indexed(row, keep);
+            }
+        }
+    }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        self.pool(lane);
+        out.extend_from_slice(&self.pooled);
+    }
+}
+
+impl SnapKv {
+    /// `self.pooled[e]`: the window's attention to entry `e`, max-pooled over
+    /// neighbouring entries.
+    fn pool(&mut self, lane: &LaneView<'_>) {
         let rows = &self.rows[lane.layer * self.n_head_kv + lane.kv_head];
         let len = lane.len();
         self.raw.clear();
@@ -375,16 +438,6 @@ impl KvPolicy for SnapKv {
                 .copied()
                 .fold(f32::NEG_INFINITY, f32::max)
         }));
-        let pooled = &self.pooled;
-        let recent = self.window.min(budget);
-        keep_top(len, budget, recent, |e| pooled[e], &mut self.order, keep);
-    }
-    fn retain_slots(&mut self, keep: &[usize]) {
-        for rows in &mut self.rows {
-            for row in rows.iter_mut() {
-                retain_indexed(row, keep);
-            }
-        }
     }
 }
 
@@ -484,5 +537,12 @@ impl KvPolicy for Keyformer {
     }
     fn retain_slots(&mut self, keep: &[usize]) {
         self.acc.retain(keep);
+    }
+    fn has_importance(&self) -> bool {
+        true
+    }
+    fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        let id = lane.layer * self.n_head_kv + lane.kv_head;
+        out.extend(lane.slots.iter().map(|&s| self.acc.get(id, s)));
     }
 }

@@ -196,3 +196,61 @@ fn keyformer_is_seeded_and_favours_attended_tokens() {
         "{keep:?}"
     );
 }
+
+/// `importance` ranks entries as `select` keeps them (beyond the recent window), on
+/// any subset of a lane; positional policies give no scores.
+#[test]
+fn importance_scores_agree_with_selection() {
+    let n = 8;
+    let keys: Vec<f32> = (0..n).flat_map(|e| [((e * 5) % 8) as f32, 0.0]).collect();
+    let w: Vec<f32> = (0..n).map(|e| ((e * 3) % 8) as f32 / 28.0).collect();
+    for name in POLICY_NAMES {
+        let params = PolicyParams {
+            recent_ratio: 0.0,
+            obs_window: 1,
+            pool_kernel: 1,
+            ..Default::default()
+        };
+        let mut p = policy_from_name(name, &params).unwrap();
+        p.reset(&SHAPE);
+        observe(p.as_mut(), &w, &w);
+        let slots: Vec<u32> = (0..n as u32).collect();
+        let positions: Vec<usize> = (0..n).collect();
+        let mut scores = Vec::new();
+        p.importance(&lane(&slots, &positions, &keys), &mut scores);
+        if !p.has_importance() {
+            assert!(scores.is_empty(), "{name}");
+            continue;
+        }
+        assert_eq!(scores.len(), n, "{name}");
+        // The 3 best by score are what select keeps with a budget of 3 (snapkv always
+        // keeps its 1-query window: the last entry).
+        let mut best: Vec<usize> = (0..n).collect();
+        best.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(b.cmp(&a)));
+        let mut top: Vec<usize> = best[..3].to_vec();
+        if *name == "snapkv" {
+            top = best
+                .iter()
+                .copied()
+                .filter(|&e| e != n - 1)
+                .take(2)
+                .collect();
+            top.push(n - 1);
+        }
+        top.sort_unstable();
+        let keep = select(p.as_mut(), n, &keys, 3);
+        assert_eq!(keep, top, "{name}");
+        // A subset of the lane scores its entries as the whole lane does.
+        let sub_slots = [1u32, 4, 6];
+        let sub_keys: Vec<f32> = sub_slots
+            .iter()
+            .flat_map(|&s| keys[2 * s as usize..2 * s as usize + 2].to_vec())
+            .collect();
+        let mut sub = Vec::new();
+        p.importance(&lane(&sub_slots, &positions, &sub_keys), &mut sub);
+        if *name != "snapkv" {
+            let want: Vec<f32> = sub_slots.iter().map(|&s| scores[s as usize]).collect();
+            assert_eq!(sub, want, "{name}");
+        }
+    }
+}

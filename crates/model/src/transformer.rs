@@ -12,7 +12,8 @@
 //! to each other.
 
 use crate::config::{Activation, ModelConfig};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::quant as kv_quant;
+use crate::kv_cache::{KvCache, KvLane};
 use crate::ops;
 use crate::threadpool::ThreadPool;
 use crate::weights::{Matrix, ModelWeights};
@@ -699,10 +700,12 @@ impl Model {
             let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
             for item in items {
                 let (i, h) = (item / c.n_head, item % c.n_head);
-                // The lane of this head's KV head: its own set of kept slots.
+                // The lane of this head's KV head: its own set of kept slots. Entries
+                // [0, nq) are quantised; keys/values hold the full-precision rest.
                 let lane = cache.lane(layer, h / group);
                 let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
                 let m = slots.len();
+                let nq = lane.n_quantized();
                 // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
                 let mut qh = [0f32; 512];
                 let qh = &mut qh[..hd];
@@ -714,20 +717,26 @@ impl Model {
                 // SAFETY: scores row `row` and attn segment of `item` belong to this task.
                 let sc = unsafe { scores.slice(row * n_slots, n_slots) };
                 // sc[e]: score of lane entry e ([m] of the [n_slots] row).
-                for (e, sj) in sc[..m].iter_mut().enumerate() {
-                    *sj = if visible(i, slots[e] as usize) {
+                for (e, sj) in sc[nq..m].iter_mut().enumerate() {
+                    *sj = if visible(i, slots[nq + e] as usize) {
                         ops::dot_f32(qh, &keys[e * hd..(e + 1) * hd]) * c.attn_scale
                     } else {
                         f32::NEG_INFINITY
                     };
                 }
+                if nq > 0 {
+                    quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
+                }
                 ops::softmax_in_place(&mut sc[..m]);
                 let out = unsafe { attn.slice(qrow * hd, hd) };
                 out.fill(0.0);
-                for (e, &p) in sc[..m].iter().enumerate() {
+                for (e, &p) in sc[nq..m].iter().enumerate() {
                     if p != 0.0 {
                         ops::axpy(p, &values[e * hd..(e + 1) * hd], out);
                     }
+                }
+                if nq > 0 {
+                    quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
                 }
                 if keep_weights && m < n_slots {
                     scatter_to_slots(sc, slots);
@@ -737,6 +746,75 @@ impl Model {
         match self.kernels {
             Kernels::Reference => (0..n_tasks).for_each(run),
             Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+    }
+}
+
+/// Attention scores of a lane's quantised entries, computed on the codes without
+/// dequantising the keys: with per-channel `min_d`, `scale_d`,
+/// `q · k_t = Σ_d q_d min_d + Σ_d (q_d scale_d) code_td`, so each group costs one
+/// `[head_dim]` prelude and then one unpack-and-dot per token.
+// qh: [hd] -> sc: [n_quantized], entry-indexed
+fn quantized_scores(
+    lane: &KvLane,
+    qh: &[f32],
+    attn_scale: f32,
+    visible: impl Fn(usize) -> bool,
+    sc: &mut [f32],
+) {
+    let hd = qh.len();
+    let slots = lane.slots();
+    let (mut qs, mut codes) = ([0f32; 512], [0f32; 512]);
+    let (qs, codes) = (&mut qs[..hd], &mut codes[..hd]);
+    for g in lane.groups() {
+        let (kmin, kscale) = g.key_params();
+        let mut c0 = 0f32;
+        for (((s, &q), mn), sc) in qs.iter_mut().zip(qh).zip(kmin).zip(kscale) {
+            *s = q * sc.to_f32();
+            c0 += q * mn.to_f32();
+        }
+        let rb = kv_quant::row_bytes(hd, g.bits());
+        for (r, &e) in g.rows().iter().enumerate() {
+            let e = e as usize;
+            sc[e] = if visible(slots[e] as usize) {
+                let row = &g.key_codes_all()[r * rb..(r + 1) * rb];
+                kv_quant::unpack_f32(row, g.bits(), codes);
+                (c0 + ops::dot_f32(qs, codes)) * attn_scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+}
+
+/// `out += Σ_e p_e v_e` over a lane's quantised entries: each value row is unpacked
+/// into a stack buffer and scaled per channel group (`v = min_j + scale_j · code`).
+// p: [n_quantized], entry-indexed -> out: [hd]
+fn quantized_values(lane: &KvLane, p: &[f32], value_group: usize, out: &mut [f32]) {
+    let hd = out.len();
+    let mut codes = [0f32; 512];
+    let codes = &mut codes[..hd];
+    for g in lane.groups() {
+        let rb = kv_quant::row_bytes(hd, g.bits());
+        let (params, all) = g.values_all();
+        let pb = 2 * hd / value_group;
+        for (r, &e) in g.rows().iter().enumerate() {
+            let w = p[e as usize];
+            if w == 0.0 {
+                continue;
+            }
+            kv_quant::unpack_f32(&all[r * rb..(r + 1) * rb], g.bits(), codes);
+            let prm = &params[r * pb..(r + 1) * pb];
+            for ((o, c), mn_sc) in out
+                .chunks_exact_mut(value_group)
+                .zip(codes.chunks_exact(value_group))
+                .zip(prm.chunks_exact(2))
+            {
+                let (a, b) = (w * mn_sc[1].to_f32(), w * mn_sc[0].to_f32());
+                for (o, &c) in o.iter_mut().zip(c) {
+                    *o += a * c + b;
+                }
+            }
         }
     }
 }

@@ -18,6 +18,11 @@ pub struct AdaptiveConfig {
     pub probe_after: usize,
     /// Never adapt: always offer `max_budget` (for measuring a drafter's raw acceptance).
     pub fixed: bool,
+    /// The drafter stops by itself where it is unsure (a draft model's confidence
+    /// rule), so the budget is only a cap: start at `max_budget`, and grow back when
+    /// drafting pays and the drafter used at least half the budget, instead of when
+    /// half the budget was accepted.
+    pub self_limiting: bool,
 }
 
 impl Default for AdaptiveConfig {
@@ -28,6 +33,7 @@ impl Default for AdaptiveConfig {
             smoothing: 0.25,
             probe_after: 16,
             fixed: false,
+            self_limiting: false,
         }
     }
 }
@@ -75,10 +81,11 @@ pub struct AdaptiveBudget {
 }
 
 impl AdaptiveBudget {
-    /// Starts small (2 tokens, or the maximum when fixed): growing to the maximum
-    /// takes two good steps, while a large first draft that fails costs a lot.
+    /// Starts small (2 tokens, or the maximum when fixed or self-limiting): growing
+    /// to the maximum takes two good steps, while a large first draft that fails
+    /// costs a lot.
     pub fn new(config: AdaptiveConfig) -> AdaptiveBudget {
-        let budget = if config.fixed {
+        let budget = if config.fixed || config.self_limiting {
             config.max_budget
         } else {
             config.max_budget.min(2)
@@ -144,7 +151,10 @@ impl AdaptiveBudget {
                 self.cooldown = self.probe_wait;
                 self.probe_wait = (self.probe_wait * 2).min(c.probe_after.max(1) * 4);
             }
-        } else if self.mean >= 0.5 * self.budget as f64 && self.budget < c.max_budget {
+        } else if self.budget < c.max_budget
+            && (self.mean >= 0.5 * self.budget as f64
+                || (c.self_limiting && self.drafted >= 0.5 * self.budget as f64))
+        {
             self.set_budget((self.budget * 2).min(c.max_budget));
             self.probe_wait = c.probe_after.max(1);
         }
@@ -284,5 +294,27 @@ mod tests {
             ..AdaptiveConfig::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn self_limiting_starts_at_the_cap_and_grows_on_use() {
+        let config = AdaptiveConfig {
+            self_limiting: true,
+            cost_per_token: 0.3,
+            ..AdaptiveConfig::default()
+        };
+        let mut a = AdaptiveBudget::new(config);
+        assert_eq!(a.budget(), 8);
+        // Drafting little and accepting none: shrinks to plain decoding.
+        while a.budget() > 0 {
+            a.record(1, 0);
+        }
+        a.set_budget(2);
+        // Short drafts that pay and fill the budget: back to the cap.
+        for _ in 0..10 {
+            let b = a.budget();
+            a.record(b, b / 2 + 1);
+        }
+        assert_eq!(a.budget(), 8);
     }
 }

@@ -22,15 +22,19 @@
 //! Drafters: [`LookupDrafter`] (prompt lookup: n-gram matches over the context) and
 //! [`RecycleDrafter`] (Token Recycling: the target's top-k successors of every token
 //! it has verified, kept in a bounded adjacency map, expanded along a static tree
-//! template).
+//! template). A smaller draft model (run by the engine) grows its draft with a
+//! [`TreeGrower`]: a chain stopped by the draft's own confidence (SpecDec++'s rule)
+//! or a tree grown greedily by path probability (DySpec).
 
 mod adaptive;
+mod draft;
 mod lookup;
 mod recycle;
 mod tree;
 mod verify;
 
 pub use adaptive::{AdaptiveBudget, AdaptiveConfig, CostModel};
+pub use draft::{top_probs, GrowConfig, TreeGrower};
 pub use lookup::{LookupConfig, LookupDrafter};
 pub use recycle::{RecycleConfig, RecycleDrafter, DEFAULT_TEMPLATE};
 pub use tree::TokenTree;

@@ -144,6 +144,33 @@ impl TokenTree {
             }
         }
     }
+
+    /// Mask rows for evaluating `nodes` in a cache that holds the tree's nodes at
+    /// arbitrary slots (a draft model evaluates a tree round by round, only the nodes
+    /// it expands): `slots[i]` is node `i`'s slot (`usize::MAX` when not cached), the
+    /// root's slot comes after every prefix slot, and `width` is the cache's length
+    /// with `nodes` appended. Row `r` lets `nodes[r]` see the prefix, the root, its
+    /// other ancestors and itself; every ancestor must be cached. Panics otherwise
+    /// (a caller bug).
+    pub fn mask_rows(&self, nodes: &[usize], slots: &[usize], width: usize, out: &mut Vec<bool>) {
+        let root_slot = slots[0];
+        out.clear();
+        out.resize(nodes.len() * width, false);
+        for (r, &node) in nodes.iter().enumerate() {
+            let row = &mut out[r * width..(r + 1) * width];
+            row[..=root_slot].fill(true);
+            let mut at = node;
+            while at != 0 {
+                let slot = slots[at];
+                assert!(
+                    slot < width,
+                    "TokenTree::mask_rows: node {at} is not cached"
+                );
+                row[slot] = true;
+                at = self.parents[at];
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,5 +236,18 @@ mod tests {
                 assert_eq!(m[i * 4 + j], j <= i + 1, "row {i} col {j}");
             }
         }
+    }
+
+    #[test]
+    fn mask_rows_follow_the_slots_of_cached_ancestors() {
+        let t = sample_tree();
+        // Prefix of 2 slots, root at 2; node 1 cached at 3, node 3 at 4; evaluate
+        // nodes 2 and 3 (3 already cached, 2 appended at 5).
+        let slots = [2, 3, 5, 4];
+        let mut m = Vec::new();
+        t.mask_rows(&[2, 3], &slots, 6, &mut m);
+        let (x, o) = (true, false);
+        assert_eq!(&m[..6], &[x, x, x, x, o, x]);
+        assert_eq!(&m[6..], &[x, x, x, o, x, o]);
     }
 }

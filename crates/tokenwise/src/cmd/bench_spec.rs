@@ -9,19 +9,23 @@
 //! Each prompt runs plain greedy decoding and then every drafter on the same session
 //! (the prompt's cache is reused, the decode is timed alone), and each drafter's
 //! tokens are checked against plain decoding: a mismatch is an error.
+//!
+//! `draft` runs `--draft-model` as a chain or a tree as `--draft-tree-nodes` says;
+//! `draft-chain` and `draft-tree` force one shape (the tree with
+//! `--draft-tree-nodes`, or 16 nodes when that is 0), so both compare in one run.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use engine::{GenerationParams, Session, SpeculativeMethod, Speculator};
+use engine::{GenerationParams, Session, SpeculativeConfig, SpeculativeMethod};
 use eval::sysinfo::{today_utc, MachineInfo};
 use indicatif::{ProgressBar, ProgressDrawTarget};
 use model::chat::ChatMessage;
 use model::LoadedModel;
 
-use super::speculative::DraftArgs;
+use super::speculative::{speculator, DraftArgs};
 use crate::models;
 
 #[derive(clap::Args)]
@@ -33,7 +37,8 @@ pub struct Args {
     /// passage), chat (Python FAQ questions).
     #[arg(long, value_delimiter = ',', default_value = "code,copy,chat")]
     pub sets: Vec<String>,
-    /// Drafters compared with plain decoding, comma-separated (lookup, recycle).
+    /// Drafters compared with plain decoding, comma-separated: lookup, recycle, draft,
+    /// draft-chain, draft-tree (the draft ones need --draft-model).
     #[arg(long, value_delimiter = ',', default_value = "lookup,recycle")]
     pub methods: Vec<String>,
     /// Prompts per set (spread evenly over the source).
@@ -70,6 +75,8 @@ struct Cell {
     steps: usize,
     drafted: usize,
     accepted: usize,
+    /// Draft-model passes over draft nodes.
+    draft_forwards: usize,
     /// Sum over prompts of the draft cost (relative to a plain step) at the end.
     cost: f64,
 }
@@ -88,21 +95,25 @@ pub fn run(a: Args) -> Result<()> {
     if a.n_prompts == 0 || a.n_gen == 0 || a.threads == 0 {
         bail!("--prompts, --n-gen and --threads must be at least 1");
     }
-    let methods: Vec<SpeculativeMethod> = a
+    // (label, config) of each drafter.
+    let (methods, configs): (Vec<String>, Vec<SpeculativeConfig>) = a
         .methods
         .iter()
         .map(|m| {
-            m.trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--methods: unknown drafter {m:?} (lookup, recycle)"))
+            let label = m.trim().to_ascii_lowercase();
+            let config = method_config(&label, &a.draft)?;
+            Ok((label, config))
         })
-        .collect::<Result<_>>()?;
-    let configs = methods
-        .iter()
-        .map(|&m| a.draft.config_for(m))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     let data = a.data_dir.clone().unwrap_or_else(data_dir);
     let (path, loaded) = models::load(&a.model, Some(a.threads))?;
+    let draft_model = if configs.iter().any(|c| c.method.needs_draft_model()) {
+        a.draft.load_draft_model(&loaded, Some(a.threads))?
+    } else {
+        None
+    };
     let sets: Vec<(String, Vec<Vec<u32>>)> = a
         .sets
         .iter()
@@ -129,8 +140,8 @@ pub fn run(a: Args) -> Result<()> {
         // One speculator per set: Token Recycling warms up over the set's prompts.
         let mut specs = configs
             .iter()
-            .map(Speculator::new)
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|c| speculator(c, draft_model.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
         for (i, ids) in prompts.iter().enumerate() {
             spinner.set_message(format!("{set}: prompt {}/{}", i + 1, prompts.len()));
             spinner.tick();
@@ -142,9 +153,7 @@ pub fn run(a: Args) -> Result<()> {
                 &mut plain,
                 base.tokens.len(),
                 base.stats.decode_secs,
-                0,
-                0,
-                0,
+                &engine::SpeculativeStats::default(),
             );
             for ((spec, cell), method) in specs.iter_mut().zip(&mut cells).zip(&methods) {
                 let g = session
@@ -163,22 +172,24 @@ pub fn run(a: Args) -> Result<()> {
                     cell,
                     g.generation.tokens.len(),
                     g.generation.stats.decode_secs,
-                    st.steps,
-                    st.drafted,
-                    st.accepted,
+                    st,
                 );
             }
         }
         rows.push((set.clone(), "none".into(), plain.clone()));
         for (m, c) in methods.iter().zip(cells) {
-            rows.push((set.clone(), m.to_string(), c));
+            rows.push((set.clone(), m.clone(), c));
         }
     }
     spinner.finish_and_clear();
 
     let table = markdown_table(&rows);
+    let draft_note = match &a.draft.draft_model {
+        Some(d) if draft_model.is_some() => format!(" | draft model: {d}"),
+        _ => String::new(),
+    };
     println!(
-        "model: {} | {} threads | {} tokens per prompt | greedy",
+        "model: {}{draft_note} | {} threads | {} tokens per prompt | greedy",
         path.display(),
         a.threads,
         a.n_gen
@@ -212,26 +223,59 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
-fn add(c: &mut Cell, tokens: usize, secs: f64, steps: usize, drafted: usize, accepted: usize) {
+/// The configuration of the drafter called `label` in `--methods`.
+fn method_config(label: &str, draft: &DraftArgs) -> Result<SpeculativeConfig> {
+    let (method, tree_nodes) = match label {
+        "draft-chain" => (SpeculativeMethod::Draft, Some(0)),
+        "draft-tree" => (
+            SpeculativeMethod::Draft,
+            Some(match draft.draft_tree_nodes {
+                0 => 16,
+                n => n,
+            }),
+        ),
+        other => match other.parse() {
+            Ok(m) => (m, None),
+            Err(_) => bail!(
+                "--methods: unknown drafter {label:?} (lookup, recycle, draft, draft-chain, \
+                 draft-tree)"
+            ),
+        },
+    };
+    let mut c = draft.config_for(method)?;
+    if let Some(n) = tree_nodes {
+        c.draft.tree_nodes = n;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn add(c: &mut Cell, tokens: usize, secs: f64, st: &engine::SpeculativeStats) {
     c.prompts += 1;
     c.tokens += tokens;
     c.decoded += tokens.saturating_sub(1);
     c.secs += secs;
-    c.steps += steps;
-    c.drafted += drafted;
-    c.accepted += accepted;
+    c.steps += st.steps;
+    c.drafted += st.drafted;
+    c.accepted += st.accepted;
+    c.draft_forwards += st.draft_forwards;
 }
 
 fn markdown_table(rows: &[(String, String, Cell)]) -> String {
     let mut out = String::from(
-        "| set | drafter | prompts | tokens | mean accepted length | drafted/step | accepted | draft cost | tokens/s | speedup |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| set | drafter | prompts | tokens | mean accepted length | drafted/step | accepted | draft passes/step | draft cost | tokens/s | speedup |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut base = 0.0;
     for (set, method, c) in rows {
         if method == "none" {
             base = c.tokens_per_sec();
         }
+        let passes = if c.draft_forwards == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.2}", c.draft_forwards as f64 / c.steps.max(1) as f64)
+        };
         let (len, per_step, rate, cost) = if c.steps == 0 {
             ("1.00".into(), "0.00".into(), "-".into(), "-".into())
         } else {
@@ -251,7 +295,7 @@ fn markdown_table(rows: &[(String, String, Cell)]) -> String {
             "-".into()
         };
         out.push_str(&format!(
-            "| {set} | {method} | {} | {} | {len} | {per_step} | {rate} | {cost} | {:.1} | {speedup} |\n",
+            "| {set} | {method} | {} | {} | {len} | {per_step} | {rate} | {passes} | {cost} | {:.1} | {speedup} |\n",
             c.prompts,
             c.tokens,
             c.tokens_per_sec()

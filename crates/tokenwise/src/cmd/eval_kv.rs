@@ -1,10 +1,11 @@
-//! `tokenwise eval kv`: KV eviction policies × budgets against perplexity of a long
-//! text, passkey retrieval, KV bytes held and decode speed (see `eval::kv_eval`);
-//! writes a markdown table and a CSV.
+//! `tokenwise eval kv`: KV eviction policies × budgets × storage types against
+//! perplexity of a long text, passkey retrieval, KV bytes held and decode speed (see
+//! `eval::kv_eval`); writes a markdown table and a CSV.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use engine::kv::{KvDtype, KvQuant};
 use engine::{Budget, PolicyParams};
 use eval::kv_eval::{csv, load_long_text, markdown_table, run_kv_eval, KvEvalOptions};
 
@@ -34,6 +35,22 @@ pub struct Args {
     /// task's context.
     #[arg(long, value_delimiter = ',', default_value = "25%,50%", value_parser = parse_budget)]
     pub budgets: Vec<Budget>,
+    /// KV storage types (comma-separated), each run for every policy and budget: f16,
+    /// int8, int4, mixed.
+    #[arg(long, value_delimiter = ',', default_value = "f16", value_parser = parse_dtype)]
+    pub dtypes: Vec<KvDtype>,
+    /// Most recent tokens kept at full precision by the quantised types.
+    #[arg(long, default_value_t = 32)]
+    pub kv_residual: usize,
+    /// Quantisation group: tokens per key group, channels per value group.
+    #[arg(long, default_value_t = 32)]
+    pub kv_group: usize,
+    /// mixed: percent of each group's tokens kept at int8.
+    #[arg(long, default_value_t = 25.0)]
+    pub mixed_keep: f32,
+    /// Greedy decode steps timed after the long text (decode speed at its context).
+    #[arg(long, default_value_t = 32)]
+    pub decode_steps: usize,
     /// Tokens of the long text scored for perplexity (0 skips it).
     #[arg(long, default_value_t = 8192)]
     pub ppl_tokens: usize,
@@ -77,6 +94,10 @@ fn parse_budget(s: &str) -> Result<Budget, String> {
     s.parse().map_err(|e: engine::KvError| e.to_string())
 }
 
+fn parse_dtype(s: &str) -> Result<KvDtype, String> {
+    s.parse()
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.command {
         EvalCommand::Kv(a) => run_kv(a),
@@ -113,9 +134,24 @@ fn run_kv(a: Args) -> Result<()> {
     } else {
         Vec::new()
     };
+    if !(0.0..=100.0).contains(&a.mixed_keep) {
+        anyhow::bail!(
+            "--mixed-keep {}: expected a percentage in [0, 100]",
+            a.mixed_keep
+        );
+    }
     let opts = KvEvalOptions {
         cells,
         params,
+        dtypes: a.dtypes.clone(),
+        quant: KvQuant {
+            residual: a.kv_residual,
+            key_group: a.kv_group,
+            value_group: a.kv_group,
+            mixed_keep: a.mixed_keep / 100.0,
+            ..KvQuant::default()
+        },
+        decode_steps: a.decode_steps,
         chunk: a.chunk,
         ppl_tokens: a.ppl_tokens,
         passkey_lengths: a.passkey_lengths.clone(),

@@ -230,6 +230,13 @@ pub fn run(a: Args) -> Result<()> {
     };
 
     let (path, loaded) = models::load(&a.model, a.runtime.threads)?;
+    let draft_model = match &speculative {
+        Some(c) if c.method.needs_draft_model() => a
+            .speculative
+            .draft
+            .load_draft_model(&loaded, a.runtime.threads)?,
+        _ => None,
+    };
     let sampler = a.sampling.with_dry_breakers(sampler, &loaded.tokenizer)?;
     let n_ctx = models::context_size(&path, &loaded, a.runtime.ctx)?;
     let prompt = match &replay {
@@ -295,7 +302,7 @@ pub fn run(a: Args) -> Result<()> {
     }
 
     let mut session = Session::new(&loaded, n_ctx)?;
-    if kv.policy != "full" {
+    if !kv.is_exact() {
         session = session.with_kv(&kv)?;
     }
     let tok = &loaded.tokenizer;
@@ -364,17 +371,22 @@ pub fn run(a: Args) -> Result<()> {
     };
     let generation = match &speculative {
         Some(c) => {
-            let mut speculator = engine::Speculator::new(c)?;
+            let mut speculator = crate::cmd::speculative::speculator(c, draft_model.as_ref())?;
             let g = session.generate_speculative(&prompt, &params, &mut speculator, on_token)?;
             if !a.quiet {
                 let st = &g.spec;
                 eprintln!(
-                    "speculative ({}): {} steps, {} drafted, {} accepted, mean accepted length {:.2}",
+                    "speculative ({}): {} steps, {} drafted, {} accepted, mean accepted length {:.2}{}",
                     a.speculative.speculative,
                     st.steps,
                     st.drafted,
                     st.accepted,
-                    st.mean_accepted_length()
+                    st.mean_accepted_length(),
+                    if c.method.needs_draft_model() {
+                        format!(", {} draft-model passes", st.draft_forwards)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             g.generation

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
+use crate::cmd::kv_args::KvArgs;
 use crate::models;
 
 #[derive(clap::Args)]
@@ -21,8 +22,12 @@ pub struct Args {
     #[arg(long, short, default_value_t = 512)]
     pub ctx: usize,
     /// Most tokens per forward pass; bounds the memory of the logits, not the result.
-    #[arg(long, short, default_value_t = 512)]
-    pub batch: usize,
+    /// With a KV policy or quantised KV it is also the eviction and quantisation step
+    /// (default then 64: each sub-batch sees its own tokens at full precision).
+    #[arg(long, short)]
+    pub batch: Option<usize>,
+    #[command(flatten)]
+    pub kv: KvArgs,
     /// Worker threads (default: available cores, at most 8).
     #[arg(long, short)]
     pub threads: Option<usize>,
@@ -65,16 +70,32 @@ pub fn run(a: Args) -> Result<()> {
             bar.set_message(format!("PPL {ppl:.4}"));
         }
     };
-    let result = eval::perplexity(&loaded, &text, a.ctx, a.batch, &mut progress);
+    let kv = a.kv.options()?;
+    let batch = a.batch.unwrap_or(if kv.is_exact() { 512 } else { 64 });
+    let result = if kv.is_exact() {
+        eval::perplexity(&loaded, &text, a.ctx, batch, &mut progress).map(|r| (r, None))
+    } else {
+        eval::perplexity::perplexity_kv(&loaded, &text, a.ctx, batch, &kv, &mut progress)
+            .map(|(r, m)| (r, Some(m)))
+    };
     bar.finish_and_clear();
-    let r = result.with_context(|| format!("perplexity of {}", a.file.display()))?;
+    let (r, kv_memory) = result.with_context(|| format!("perplexity of {}", a.file.display()))?;
+    let kv_label = format!(
+        "{} {} {}",
+        kv.policy,
+        kv.budget.map_or("-".into(), |b| b.to_string()),
+        kv.quant.dtype
+    );
 
     if a.json {
         let out = json!({
             "model": path.display().to_string(),
             "file": a.file.display().to_string(),
             "ctx": r.ctx,
-            "batch": a.batch,
+            "batch": batch,
+            "kv": kv_label,
+            "kv_peak_bytes": kv_memory.map(|m| m.peak_bytes),
+            "kv_peak_bytes_f16": kv_memory.map(|m| m.peak_bytes_f16),
             "threads": threads,
             "ppl": finite(r.ppl),
             "ppl_stderr": finite(r.ppl_stderr),
@@ -106,6 +127,13 @@ pub fn run(a: Args) -> Result<()> {
             r.bits_per_byte, r.scored_bytes
         );
         println!("tokens scored = {}", r.n_scored);
+        if let Some(m) = kv_memory {
+            println!(
+                "KV ({kv_label}): at most {:.2} MiB held ({:.2} MiB with full-precision entries as true f16)",
+                m.peak_bytes as f64 / (1 << 20) as f64,
+                m.peak_bytes_f16 as f64 / (1 << 20) as f64
+            );
+        }
         println!(
             "speed = {:.1} tokens/s ({} tokens in {:.1} s, {threads} threads)",
             r.tokens_per_second,

@@ -1,14 +1,18 @@
 //! `--speculative` and the drafter knobs, shared by `generate` (flattened into its
 //! arguments) and `bench spec`.
 
-use anyhow::{bail, Result};
-use engine::{SpeculativeConfig, SpeculativeMethod};
+use anyhow::{bail, Context, Result};
+use engine::{DraftModelConfig, SpeculativeConfig, SpeculativeMethod, Speculator};
+use model::LoadedModel;
+
+use crate::models;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpeculativeArgs {
     /// Lossless speculative decoding (greedy only): none, lookup (prompt lookup: copy
-    /// what followed the last n-gram earlier in the text) or recycle (Token Recycling:
-    /// the model's own runners-up from earlier steps). The output is unchanged.
+    /// what followed the last n-gram earlier in the text), recycle (Token Recycling:
+    /// the model's own runners-up from earlier steps) or draft (a smaller model with
+    /// the same tokenizer, --draft-model). The output is unchanged.
     #[arg(long, value_name = "METHOD", default_value = "none")]
     pub speculative: String,
     #[command(flatten)]
@@ -39,6 +43,25 @@ pub struct DraftArgs {
     /// recycle: successors remembered per token (1-8).
     #[arg(long, value_name = "K", default_value_t = 8)]
     pub recycle_k: usize,
+    /// draft: the draft model, a file or alias sharing the target's tokenizer (e.g.
+    /// qwen2.5-coder-0.5b for qwen2.5-coder-1.5b).
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<String>,
+    /// draft: stop a chain when the draft model's top-1 probability falls below P
+    /// (its own confidence as the SpecDec++ stopping rule).
+    #[arg(long, value_name = "P", default_value_t = DraftModelConfig::default().p_min)]
+    pub draft_p_min: f32,
+    /// draft: grow a token tree of at most N nodes (DySpec: greedily by the draft
+    /// probability of each path) instead of a chain; 0 = chain.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub draft_tree_nodes: usize,
+    /// draft tree: add a node only while its path probability (the product of the
+    /// draft's probabilities from the root) is at least P.
+    #[arg(long, value_name = "P", default_value_t = DraftModelConfig::default().path_min)]
+    pub draft_path_min: f32,
+    /// draft tree: nodes added per draft-model pass.
+    #[arg(long, value_name = "N", default_value_t = DraftModelConfig::default().tree_width)]
+    pub draft_tree_width: usize,
 }
 
 impl SpeculativeArgs {
@@ -52,7 +75,7 @@ impl SpeculativeArgs {
         let method: SpeculativeMethod = match name.parse() {
             Ok(m) => m,
             Err(_) => bail!(
-                "--speculative {:?}: expected none, lookup or recycle",
+                "--speculative {:?}: expected none, lookup, recycle or draft",
                 self.speculative
             ),
         };
@@ -80,7 +103,47 @@ impl DraftArgs {
         c.recycle
             .template
             .retain(|path| path.iter().all(|&r| usize::from(r) < k));
+        c.draft = DraftModelConfig {
+            p_min: self.draft_p_min,
+            tree_nodes: self.draft_tree_nodes,
+            path_min: self.draft_path_min,
+            tree_width: self.draft_tree_width,
+        };
+        if method.needs_draft_model() && self.draft_model.is_none() {
+            bail!("--speculative draft needs --draft-model FILE|ALIAS (e.g. qwen2.5-coder-0.5b)");
+        }
         c.validate()?;
         Ok(c)
     }
+
+    /// Loads `--draft-model` with `threads` workers and checks that it shares
+    /// `target`'s tokenizer; `None` when no draft model was given.
+    pub fn load_draft_model(
+        &self,
+        target: &LoadedModel,
+        threads: Option<usize>,
+    ) -> Result<Option<LoadedModel>> {
+        let Some(spec) = &self.draft_model else {
+            return Ok(None);
+        };
+        let (path, draft) = models::load(spec, threads).context("loading the draft model")?;
+        engine::check_same_vocabulary(target, &draft)
+            .with_context(|| format!("--draft-model {}", path.display()))?;
+        Ok(Some(draft))
+    }
+}
+
+/// The speculator for `config`, with `draft` as its draft model when the method
+/// runs one.
+pub fn speculator<'d>(
+    config: &SpeculativeConfig,
+    draft: Option<&'d LoadedModel>,
+) -> Result<Speculator<'d>> {
+    if !config.method.needs_draft_model() {
+        return Ok(Speculator::new(config)?);
+    }
+    let Some(draft) = draft else {
+        bail!("--speculative draft needs --draft-model FILE|ALIAS");
+    };
+    Ok(Speculator::with_draft_model(config, draft)?)
 }

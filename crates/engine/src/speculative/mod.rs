@@ -10,17 +10,27 @@
 //!      ▲                                                                  │
 //!      └── row of the last accepted node ◀─ retain_slots(prefix + path) ◀─ verify_greedy
 //! ```
+//!
+//! Drafters: `lookup` and `recycle` need no model (the `spec` crate); `draft` runs a
+//! smaller model with the same tokenizer, which keeps its own cache in sync with the
+//! accepted tokens ([`draft_model`]).
 
 use std::ops::ControlFlow;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use model::LoadedModel;
 use model::{Batch, LogitsFor};
 use sample::{argmax, token_report};
 use spec::{
-    verify_greedy, AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, LookupConfig, LookupDrafter,
-    RecycleConfig, RecycleDrafter, TokenTree,
+    verify_greedy, AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, GrowConfig, LookupConfig,
+    LookupDrafter, RecycleConfig, RecycleDrafter, TokenTree,
 };
+
+mod draft_model;
+
+pub use draft_model::check_same_vocabulary;
+use draft_model::DraftModel;
 
 use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
 use crate::stop::TokenText;
@@ -33,16 +43,32 @@ pub enum SpeculativeMethod {
     Lookup,
     /// Token Recycling: the model's own top-k successors from earlier verifications.
     Recycle,
+    /// A smaller model sharing the target's tokenizer ([`Speculator::with_draft_model`]).
+    Draft,
 }
 
 impl SpeculativeMethod {
-    pub const ALL: [SpeculativeMethod; 2] = [SpeculativeMethod::Lookup, SpeculativeMethod::Recycle];
+    pub const ALL: [SpeculativeMethod; 3] = [
+        SpeculativeMethod::Lookup,
+        SpeculativeMethod::Recycle,
+        SpeculativeMethod::Draft,
+    ];
+
+    /// The drafters that need no second model ([`Speculator::new`] builds them).
+    pub const MODEL_FREE: [SpeculativeMethod; 2] =
+        [SpeculativeMethod::Lookup, SpeculativeMethod::Recycle];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SpeculativeMethod::Lookup => "lookup",
             SpeculativeMethod::Recycle => "recycle",
+            SpeculativeMethod::Draft => "draft",
         }
+    }
+
+    /// Whether this drafter runs a draft model.
+    pub fn needs_draft_model(self) -> bool {
+        self == SpeculativeMethod::Draft
     }
 }
 
@@ -59,8 +85,9 @@ impl FromStr for SpeculativeMethod {
         match s {
             "lookup" => Ok(SpeculativeMethod::Lookup),
             "recycle" => Ok(SpeculativeMethod::Recycle),
+            "draft" => Ok(SpeculativeMethod::Draft),
             _ => Err(EngineError::Invalid(format!(
-                "unknown speculative method {s:?} (expected lookup or recycle)"
+                "unknown speculative method {s:?} (expected lookup, recycle or draft)"
             ))),
         }
     }
@@ -83,6 +110,46 @@ pub struct SpeculativeConfig {
     pub probe_after: usize,
     pub lookup: LookupConfig,
     pub recycle: RecycleConfig,
+    pub draft: DraftModelConfig,
+}
+
+/// How the `draft` drafter grows its draft from the draft model's distributions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DraftModelConfig {
+    /// Chain: stop drafting when the draft's top-1 probability falls below this
+    /// (the SpecDec++ stopping rule on the draft's own confidence).
+    pub p_min: f32,
+    /// Nodes of a DySpec token tree (grown by path probability); 0 = a chain of at
+    /// most `max_draft` tokens. Caps the adaptive budget in place of `max_draft`.
+    pub tree_nodes: usize,
+    /// Tree: a node is drafted only while its path probability (the product of the
+    /// draft probabilities from the root) is at least this.
+    pub path_min: f32,
+    /// Tree: nodes added per draft-model forward (each round is one batch).
+    pub tree_width: usize,
+}
+
+impl Default for DraftModelConfig {
+    /// The defaults measured on Qwen2.5-Coder 0.5B drafting for 1.5B (docs/BENCHMARKS.md).
+    fn default() -> Self {
+        DraftModelConfig {
+            p_min: 0.5,
+            tree_nodes: 0,
+            path_min: 0.2,
+            tree_width: 4,
+        }
+    }
+}
+
+impl DraftModelConfig {
+    /// The tree grower's settings.
+    pub fn grow_config(&self) -> GrowConfig {
+        if self.tree_nodes == 0 {
+            GrowConfig::chain(self.p_min)
+        } else {
+            GrowConfig::tree(self.path_min, self.tree_width)
+        }
+    }
 }
 
 impl SpeculativeConfig {
@@ -97,6 +164,7 @@ impl SpeculativeConfig {
             probe_after: adaptive.probe_after,
             lookup: LookupConfig::default(),
             recycle: RecycleConfig::default(),
+            draft: DraftModelConfig::default(),
         }
     }
 
@@ -108,13 +176,21 @@ impl SpeculativeConfig {
         match self.method {
             SpeculativeMethod::Lookup => self.lookup.validate(),
             SpeculativeMethod::Recycle => self.recycle.validate(),
+            SpeculativeMethod::Draft => self.draft.grow_config().validate(),
         }
         .map_err(EngineError::Invalid)
     }
 
     fn adaptive_config(&self) -> AdaptiveConfig {
+        let draft_model = self.method.needs_draft_model();
         AdaptiveConfig {
-            max_budget: self.max_draft,
+            max_budget: if draft_model && self.draft.tree_nodes > 0 {
+                self.draft.tree_nodes
+            } else {
+                self.max_draft
+            },
+            // The draft model stops by itself where it is unsure.
+            self_limiting: draft_model,
             cost_per_token: self
                 .cost_per_token
                 .unwrap_or(AdaptiveConfig::default().cost_per_token),
@@ -125,29 +201,90 @@ impl SpeculativeConfig {
     }
 }
 
+/// Where drafts come from.
+enum Source<'d> {
+    /// A model-free drafter from the `spec` crate.
+    Free(Box<dyn Drafter + Send>),
+    /// A draft model with its own cache.
+    Model(Box<DraftModel<'d>>),
+}
+
 /// A drafter and its adaptive budget. Keep one across calls: Token Recycling's
-/// successor map and the acceptance history carry over (the paper's "hot start").
-pub struct Speculator {
+/// successor map, the draft model's cache and the acceptance history carry over
+/// (the paper's "hot start").
+pub struct Speculator<'d> {
     method: SpeculativeMethod,
-    drafter: Box<dyn Drafter + Send>,
+    source: Source<'d>,
     budget: AdaptiveBudget,
     /// `Some` when the draft cost is measured online.
     cost: Option<CostModel>,
 }
 
-impl Speculator {
-    pub fn new(config: &SpeculativeConfig) -> Result<Speculator> {
+impl Speculator<'static> {
+    /// A model-free drafter (`lookup`, `recycle`); `draft` needs
+    /// [`Speculator::with_draft_model`].
+    pub fn new(config: &SpeculativeConfig) -> Result<Speculator<'static>> {
         config.validate()?;
         let drafter: Box<dyn Drafter + Send> = match config.method {
             SpeculativeMethod::Lookup => Box::new(LookupDrafter::new(config.lookup.clone())),
             SpeculativeMethod::Recycle => Box::new(RecycleDrafter::new(config.recycle.clone())),
+            SpeculativeMethod::Draft => {
+                return Err(EngineError::Invalid(
+                    "the draft drafter needs a draft model (--draft-model)".into(),
+                ))
+            }
         };
-        Ok(Speculator {
+        Ok(Speculator::with_source(config, Source::Free(drafter)))
+    }
+}
+
+impl<'d> Speculator<'d> {
+    /// The `draft` drafter with `draft` as the draft model. Whether it shares the
+    /// target's tokenizer is checked when generating ([`check_same_vocabulary`]).
+    pub fn with_draft_model(
+        config: &SpeculativeConfig,
+        draft: &'d LoadedModel,
+    ) -> Result<Speculator<'d>> {
+        config.validate()?;
+        if config.method != SpeculativeMethod::Draft {
+            return Err(EngineError::Invalid(format!(
+                "a draft model is only used by the draft drafter, not by {}",
+                config.method
+            )));
+        }
+        let drafter = DraftModel::new(draft, config.draft.grow_config())?;
+        Ok(Speculator::with_source(
+            config,
+            Source::Model(Box::new(drafter)),
+        ))
+    }
+
+    fn with_source(config: &SpeculativeConfig, source: Source<'d>) -> Speculator<'d> {
+        Speculator {
             method: config.method,
-            drafter,
+            source,
             budget: AdaptiveBudget::new(config.adaptive_config()),
             cost: config.cost_per_token.is_none().then(CostModel::default),
-        })
+        }
+    }
+
+    /// The draft model's session, for `draft` once it has run: its cache holds the
+    /// committed tokens (the prompt and the accepted tokens).
+    pub fn draft_session(&self) -> Option<&Session<'d>> {
+        match &self.source {
+            Source::Model(d) => d.session(),
+            Source::Free(_) => None,
+        }
+    }
+
+    /// The draft model's session, mutable (to inspect what a next step would give).
+    /// Anything done to it is undone by the next generation, which brings the draft
+    /// cache back to the committed tokens (keeping their common prefix).
+    pub fn draft_session_mut(&mut self) -> Option<&mut Session<'d>> {
+        match &mut self.source {
+            Source::Model(d) => d.session_mut(),
+            Source::Free(_) => None,
+        }
     }
 
     pub fn method(&self) -> SpeculativeMethod {
@@ -164,9 +301,12 @@ impl Speculator {
         self.budget.cost_per_token()
     }
 
-    /// Bytes the drafter keeps between steps.
+    /// Bytes the drafter keeps between steps (a draft model's KV cache included).
     pub fn memory_bytes(&self) -> usize {
-        self.drafter.memory_bytes()
+        match &self.source {
+            Source::Free(d) => d.memory_bytes(),
+            Source::Model(d) => d.memory_bytes(),
+        }
     }
 }
 
@@ -183,6 +323,9 @@ pub struct SpeculativeStats {
     pub accepted: usize,
     /// Seconds spent in the drafter (proposing and observing), part of `decode_secs`.
     pub draft_secs: f64,
+    /// Forward passes of the draft model over draft nodes (`draft` only; the passes
+    /// that catch its cache up with the accepted tokens are not counted).
+    pub draft_forwards: usize,
     /// The budget at the end (0: adaptivity fell back to plain decoding).
     pub final_budget: usize,
     /// The break-even cost of a draft token at the end, relative to a plain step.
@@ -295,15 +438,26 @@ impl<'m> Session<'m> {
         &mut self,
         prompt: &[u32],
         params: &GenerationParams,
-        spec: &mut Speculator,
+        spec: &mut Speculator<'_>,
         on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<SpeculativeGeneration> {
         params.sampler.validate()?;
         check_plain_greedy(params)?;
+        if let Source::Model(d) = &spec.source {
+            check_same_vocabulary(self.model(), d.model())?;
+        }
+        let n_ctx = self.n_ctx();
         let t_prefill = Instant::now();
         let info = self.sync_prompt(prompt)?;
+        // The draft model reads the prompt too; it counts as prefill.
+        let forwards_before = match &mut spec.source {
+            Source::Model(d) => {
+                d.sync(prompt, n_ctx)?;
+                d.forwards
+            }
+            Source::Free(_) => 0,
+        };
         let prefill_secs = t_prefill.elapsed().as_secs_f64();
-        let n_ctx = self.n_ctx();
 
         let (loaded, state, tokens, logits) = self.parts_mut();
         let vocab = loaded.model.config.vocab_size;
@@ -351,10 +505,19 @@ impl<'m> Session<'m> {
                 };
                 tree.reset(root);
                 let t_draft = Instant::now();
-                if budget > 0 && max_depth > 0 {
-                    spec.drafter.propose(&history, &mut tree, budget, max_depth);
+                let drafting = budget > 0 && max_depth > 0;
+                if drafting {
+                    match &mut spec.source {
+                        Source::Free(d) => d.propose(&history, &mut tree, budget, max_depth),
+                        Source::Model(d) => {
+                            d.propose(&history, n_ctx, &mut tree, budget, max_depth)?
+                        }
+                    }
                 }
-                stats.draft_secs += t_draft.elapsed().as_secs_f64();
+                let step_draft_secs = t_draft.elapsed().as_secs_f64();
+                stats.draft_secs += step_draft_secs;
+                // A draft model spends its time even when it proposes nothing.
+                let model_drafted = drafting && matches!(spec.source, Source::Model(_));
 
                 // Verify the whole tree in one pass: node i at position base + depth,
                 // seeing the prefix and its ancestors.
@@ -376,7 +539,14 @@ impl<'m> Session<'m> {
                 rows.clear();
                 rows.extend_from_slice(&out[..n * vocab]);
                 if let Some(cost) = &mut spec.cost {
-                    cost.record(n, t_forward.elapsed().as_secs_f64());
+                    // A draft model's time belongs to the cost of its draft tokens; a
+                    // single-token step it ran for is not a plain step.
+                    let secs = t_forward.elapsed().as_secs_f64();
+                    if !model_drafted {
+                        cost.record(n, secs);
+                    } else if n > 1 {
+                        cost.record(n, secs + step_draft_secs);
+                    }
                     if let Some(c) = cost.cost_per_token() {
                         spec.budget.set_cost_per_token(c);
                     }
@@ -388,8 +558,19 @@ impl<'m> Session<'m> {
                 stats.accepted += verdict.n_accepted();
                 stats.drafting_steps += usize::from(n > 1);
                 let t_observe = Instant::now();
-                spec.drafter.observe(&tree, &rows, vocab, &verdict.accepted);
-                spec.budget.record(tree.n_draft(), verdict.n_accepted());
+                match &mut spec.source {
+                    Source::Free(d) => d.observe(&tree, &rows, vocab, &verdict.accepted),
+                    Source::Model(d) => d.observe(&tree, &verdict.accepted),
+                }
+                // A draft-model pass that proposed nothing cost about a draft token
+                // and gained nothing: the budget must see it, or an unsure draft
+                // model would be run forever.
+                let charged = if model_drafted {
+                    tree.n_draft().max(1)
+                } else {
+                    tree.n_draft()
+                };
+                spec.budget.record(charged, verdict.n_accepted());
                 stats.draft_secs += t_observe.elapsed().as_secs_f64();
 
                 // Keep the prefix and the accepted path; drop rejected branches.
@@ -426,6 +607,9 @@ impl<'m> Session<'m> {
             }
         }
         let decode = start.elapsed().saturating_sub(em.callback);
+        if let Source::Model(d) = &spec.source {
+            stats.draft_forwards = d.forwards - forwards_before;
+        }
         stats.final_budget = spec.budget.budget();
         stats.cost_per_token = spec.budget.cost_per_token();
         Ok(SpeculativeGeneration {
