@@ -387,29 +387,53 @@ impl Model {
             s.attn.resize(n * qd, 0.0);
             for (k, seq) in seqs.iter_mut().enumerate() {
                 let (r0, nk) = (s.row0[k], seq.batch.tokens.len());
-                let (first_slot, n_slots) = s.slots[k];
                 seq.cache.write(
                     il,
                     &s.k[r0 * kvd..(r0 + nk) * kvd],
                     &s.v[r0 * kvd..(r0 + nk) * kvd],
                 );
-                let want_weights = seq.observer.as_ref().is_some_and(|o| o.wants_layer(il));
-                let rows = AttentionRows {
-                    batch: &seq.batch,
-                    row0: r0,
-                    first_slot,
-                    n_slots,
-                };
-                self.attention(seq.cache, il, &rows, want_weights, s);
-                if want_weights {
-                    if let Some(obs) = seq.observer.as_deref_mut() {
-                        obs.observe(&AttentionWeights {
-                            layer: il,
-                            n_tokens: nk,
-                            n_head: c.n_head,
-                            n_slots,
-                            weights: &s.scores[..nk * c.n_head * n_slots],
-                        });
+            }
+            let any_weights = seqs
+                .iter()
+                .any(|seq| seq.observer.as_ref().is_some_and(|o| o.wants_layer(il)));
+            if seqs.len() > 1 && !any_weights && matches!(self.kernels, Kernels::Fast) {
+                // Many sequences, nobody watching: one thread-pool region for all.
+                let jobs: Vec<(&KvCache, AttentionRows)> = seqs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, seq)| {
+                        let rows = AttentionRows {
+                            batch: &seq.batch,
+                            row0: s.row0[k],
+                            first_slot: s.slots[k].0,
+                            n_slots: s.slots[k].1,
+                        };
+                        (&*seq.cache, rows)
+                    })
+                    .collect();
+                self.attention_many(&jobs, il, s);
+            } else {
+                for (k, seq) in seqs.iter_mut().enumerate() {
+                    let (r0, nk) = (s.row0[k], seq.batch.tokens.len());
+                    let (first_slot, n_slots) = s.slots[k];
+                    let want_weights = seq.observer.as_ref().is_some_and(|o| o.wants_layer(il));
+                    let rows = AttentionRows {
+                        batch: &seq.batch,
+                        row0: r0,
+                        first_slot,
+                        n_slots,
+                    };
+                    self.attention(seq.cache, il, &rows, want_weights, s);
+                    if want_weights {
+                        if let Some(obs) = seq.observer.as_deref_mut() {
+                            obs.observe(&AttentionWeights {
+                                layer: il,
+                                n_tokens: nk,
+                                n_head: c.n_head,
+                                n_slots,
+                                weights: &s.scores[..nk * c.n_head * n_slots],
+                            });
+                        }
                     }
                 }
             }
@@ -652,22 +676,7 @@ impl Model {
         s: &mut Scratch,
     ) {
         let c = &self.config;
-        let AttentionRows {
-            batch,
-            row0,
-            first_slot,
-            n_slots,
-        } = *rows;
-        let n = batch.tokens.len();
-        let hd = c.head_dim;
-        let group = c.n_head / c.n_head_kv;
-        let positions = cache.positions();
-        let window = if c.is_local_layer(layer) {
-            c.sliding_window
-        } else {
-            None
-        };
-        let n_items = n * c.n_head;
+        let n_items = rows.batch.tokens.len() * c.n_head;
         let n_threads = match self.kernels {
             Kernels::Reference => 1,
             Kernels::Fast => self.pool.n_threads(),
@@ -678,11 +687,115 @@ impl Model {
         } else {
             (n_threads * 4).min(n_items)
         };
-        let rows = if keep_weights { n_items } else { n_tasks };
-        s.scores.resize(rows * n_slots, 0.0);
+        let n_slots = rows.n_slots;
+        let score_rows = if keep_weights { n_items } else { n_tasks };
+        s.scores.resize(score_rows * n_slots, 0.0);
         let scores = SharedOut::new(&mut s.scores);
         let attn = SharedOut::new(&mut s.attn);
         let q = &s.q;
+        let run = |task: usize| {
+            let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
+            for item in items {
+                let row = if keep_weights { item } else { task };
+                // SAFETY: scores row `row` belongs to this task alone.
+                let sc = unsafe { scores.slice(row * n_slots, n_slots) };
+                let out_row = (rows.row0 + item / c.n_head) * c.n_head + item % c.n_head;
+                // SAFETY: the attn segment of this item belongs to this task alone.
+                let out = unsafe { attn.slice(out_row * c.head_dim, c.head_dim) };
+                self.attention_item(cache, layer, rows, q, item, sc, out);
+                if keep_weights {
+                    let lane = cache.lane(layer, (item % c.n_head) / (c.n_head / c.n_head_kv));
+                    if lane.len() < n_slots {
+                        scatter_to_slots(sc, lane.slots());
+                    }
+                }
+            }
+        };
+        match self.kernels {
+            Kernels::Reference => (0..n_tasks).for_each(run),
+            Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+    }
+
+    /// [`Model::attention`] for several sequences at once, without keeping weights:
+    /// every (sequence, token, head) item of all of them in one thread-pool region,
+    /// instead of one region per sequence (a decode step of many sequences has few
+    /// items each). Each item is computed exactly as in [`Model::attention`].
+    // s.q: [n, n_head, hd] -> s.attn: [n, n_head, hd]
+    fn attention_many(
+        &self,
+        jobs: &[(&KvCache, AttentionRows<'_, '_>)],
+        layer: usize,
+        s: &mut Scratch,
+    ) {
+        let c = &self.config;
+        // Items of all jobs, numbered job after job; item0[k]: first item of job k.
+        let mut item0 = Vec::with_capacity(jobs.len() + 1);
+        let mut n_items = 0;
+        for (_, rows) in jobs {
+            item0.push(n_items);
+            n_items += rows.batch.tokens.len() * c.n_head;
+        }
+        item0.push(n_items);
+        let max_slots = jobs.iter().map(|(_, r)| r.n_slots).max().unwrap_or(0);
+        let n_tasks = (self.pool.n_threads() * 4).min(n_items).max(1);
+        s.scores.resize(n_tasks * max_slots, 0.0);
+        let scores = SharedOut::new(&mut s.scores);
+        let attn = SharedOut::new(&mut s.attn);
+        let q = &s.q;
+        let run = |task: usize| {
+            let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
+            // The job of the first item; later items move forward through the jobs.
+            let mut k = item0.partition_point(|&i0| i0 <= items.start) - 1;
+            for global in items {
+                while global >= item0[k + 1] {
+                    k += 1;
+                }
+                let (cache, rows) = &jobs[k];
+                let item = global - item0[k];
+                // SAFETY: this task's scores row and this item's attn segment belong
+                // to this task alone.
+                let sc = unsafe { scores.slice(task * max_slots, rows.n_slots) };
+                let out_row = (rows.row0 + item / c.n_head) * c.n_head + item % c.n_head;
+                let out = unsafe { attn.slice(out_row * c.head_dim, c.head_dim) };
+                self.attention_item(cache, layer, rows, q, item, sc, out);
+            }
+        };
+        match self.kernels {
+            Kernels::Reference => (0..n_tasks).for_each(run),
+            Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+    }
+
+    /// One (token, head) item of attention: `sc` (`[n_slots]`) gets the softmax
+    /// weights by lane entry, `out` (`[head_dim]`) the weighted sum of the values.
+    // q: [n, n_head, hd]; item = token * n_head + head
+    #[allow(clippy::too_many_arguments)]
+    fn attention_item(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        rows: &AttentionRows<'_, '_>,
+        q: &[f32],
+        item: usize,
+        sc: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let c = &self.config;
+        let AttentionRows {
+            batch,
+            row0,
+            first_slot,
+            n_slots,
+        } = *rows;
+        let hd = c.head_dim;
+        let group = c.n_head / c.n_head_kv;
+        let positions = cache.positions();
+        let window = if c.is_local_layer(layer) {
+            c.sliding_window
+        } else {
+            None
+        };
         // Whether query `i` may attend logical slot `j`.
         let visible = |i: usize, j: usize| -> bool {
             let causal = match batch.mask {
@@ -696,56 +809,40 @@ impl Model {
                     None => true,
                 }
         };
-        let run = |task: usize| {
-            let items = (task * n_items / n_tasks)..((task + 1) * n_items / n_tasks);
-            for item in items {
-                let (i, h) = (item / c.n_head, item % c.n_head);
-                // The lane of this head's KV head: its own set of kept slots. Entries
-                // [0, nq) are quantised; keys/values hold the full-precision rest.
-                let lane = cache.lane(layer, h / group);
-                let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
-                let m = slots.len();
-                let nq = lane.n_quantized();
-                // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
-                let mut qh = [0f32; 512];
-                let qh = &mut qh[..hd];
-                let qrow = (row0 + i) * c.n_head + h;
-                for (d, &v) in qh.iter_mut().zip(&q[qrow * hd..(qrow + 1) * hd]) {
-                    *d = half::f16::from_f32(v).to_f32();
-                }
-                let row = if keep_weights { item } else { task };
-                // SAFETY: scores row `row` and attn segment of `item` belong to this task.
-                let sc = unsafe { scores.slice(row * n_slots, n_slots) };
-                // sc[e]: score of lane entry e ([m] of the [n_slots] row).
-                for (e, sj) in sc[nq..m].iter_mut().enumerate() {
-                    *sj = if visible(i, slots[nq + e] as usize) {
-                        ops::dot_f32(qh, &keys[e * hd..(e + 1) * hd]) * c.attn_scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-                if nq > 0 {
-                    quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
-                }
-                ops::softmax_in_place(&mut sc[..m]);
-                let out = unsafe { attn.slice(qrow * hd, hd) };
-                out.fill(0.0);
-                for (e, &p) in sc[nq..m].iter().enumerate() {
-                    if p != 0.0 {
-                        ops::axpy(p, &values[e * hd..(e + 1) * hd], out);
-                    }
-                }
-                if nq > 0 {
-                    quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
-                }
-                if keep_weights && m < n_slots {
-                    scatter_to_slots(sc, slots);
-                }
+        let (i, h) = (item / c.n_head, item % c.n_head);
+        // The lane of this head's KV head: its own set of kept slots. Entries
+        // [0, nq) are quantised; keys/values hold the full-precision rest.
+        let lane = cache.lane(layer, h / group);
+        let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
+        let m = slots.len();
+        let nq = lane.n_quantized();
+        // llama.cpp's attention rounds q to f16 (its K cache is f16) before QK^T.
+        let mut qh = [0f32; 512];
+        let qh = &mut qh[..hd];
+        let qrow = (row0 + i) * c.n_head + h;
+        for (d, &v) in qh.iter_mut().zip(&q[qrow * hd..(qrow + 1) * hd]) {
+            *d = half::f16::from_f32(v).to_f32();
+        }
+        // sc[e]: score of lane entry e ([m] of the [n_slots] row).
+        for (e, sj) in sc[nq..m].iter_mut().enumerate() {
+            *sj = if visible(i, slots[nq + e] as usize) {
+                ops::dot_f32(qh, &keys[e * hd..(e + 1) * hd]) * c.attn_scale
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        if nq > 0 {
+            quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
+        }
+        ops::softmax_in_place(&mut sc[..m]);
+        out.fill(0.0);
+        for (e, &p) in sc[nq..m].iter().enumerate() {
+            if p != 0.0 {
+                ops::axpy(p, &values[e * hd..(e + 1) * hd], out);
             }
-        };
-        match self.kernels {
-            Kernels::Reference => (0..n_tasks).for_each(run),
-            Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+        if nq > 0 {
+            quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
         }
     }
 }
