@@ -15,6 +15,17 @@
 //! Batching changes no result: the forward rows of a batched pass are bit-identical to
 //! the same sequence run alone (tests/scheduler.rs checks greedy outputs of concurrent
 //! requests against [`crate::Session::generate`]).
+//!
+//! Speculative decoding per sequence ([`SequenceRequest::speculative`], the model-free
+//! drafters `lookup` and `recycle`): a decoding sequence with a drafter feeds its
+//! pending token plus a draft tree (tree attention mask, positions by depth) instead of
+//! one token, in the same batched pass as everyone else. The rows are then walked from
+//! the root with the sequence's own sampler: the token it picks from a node's row is
+//! exactly what plain decoding would pick there (same row bits, same sampler state),
+//! and when that token is a child of the node the walk goes on to the child's row. The
+//! output is therefore identical to plain decoding for every sampler, greedy or
+//! seeded; drafts only change how many tokens one pass yields. Rejected nodes leave
+//! the cache; an [`AdaptiveBudget`] shrinks the draft when little is accepted.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -23,12 +34,17 @@ use model::{
     AttentionObserver, Batch, ForwardScratch, LoadedModel, LogitsFor, SequenceBatch, SequenceState,
 };
 use sample::{gumbel_noise, token_report, Sampler};
+use spec::{
+    AdaptiveBudget, AdaptiveConfig, Drafter, LookupConfig, LookupDrafter, RecycleConfig,
+    RecycleDrafter, TokenTree,
+};
 
 use crate::constraint::{ConstrainedSampler, ConstraintMode, Grammar};
 use crate::kv::{KvController, KvOptions, PolicyObserver};
 use crate::session::{
     Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
 };
+use crate::speculative::SpeculativeMethod;
 use crate::stop::TokenText;
 use crate::{EngineError, Result};
 
@@ -62,6 +78,9 @@ pub struct SequenceRequest {
     pub kv: Option<KvOptions>,
     /// Output constrained by a grammar (JSON schema, ...), and how it is enforced.
     pub grammar: Option<(Grammar, ConstraintMode)>,
+    /// Speculative decoding with a model-free drafter (`lookup` or `recycle`); the
+    /// output is the same as without (see the module documentation).
+    pub speculative: Option<SpeculativeMethod>,
 }
 
 /// What a sequence's sink is told.
@@ -98,6 +117,10 @@ pub struct StepStats {
     pub generated_tokens: usize,
     /// Sequences that ended (finished, failed or cancelled) in this step.
     pub ended: usize,
+    /// Draft tokens verified in this step (speculative sequences).
+    pub drafted: usize,
+    /// Draft tokens accepted in this step.
+    pub accepted: usize,
     pub secs: f64,
 }
 
@@ -125,6 +148,46 @@ struct Active<'m> {
     /// Tokens of this step's batch, with their positions.
     rows: Vec<u32>,
     positions: Vec<usize>,
+    /// The drafter, when this sequence decodes speculatively.
+    spec: Option<Speculation>,
+}
+
+/// A sequence's speculative state: its drafter, adaptive budget and this step's tree.
+struct Speculation {
+    drafter: Box<dyn Drafter + Send>,
+    budget: AdaptiveBudget,
+    tree: TokenTree,
+    /// This step's tree attention mask, `[nodes, cache + nodes]`.
+    mask: Vec<bool>,
+    /// Cache length before this step's tree (the tree's first slot).
+    base: usize,
+    /// Whether this step verifies a tree (more than the root).
+    verifying: bool,
+}
+
+impl Speculation {
+    fn new(method: SpeculativeMethod) -> Result<Speculation> {
+        let drafter: Box<dyn Drafter + Send> = match method {
+            SpeculativeMethod::Lookup => Box::new(LookupDrafter::new(LookupConfig::default())),
+            SpeculativeMethod::Recycle => Box::new(RecycleDrafter::new(RecycleConfig::default())),
+            other => return Err(not_batched(other)),
+        };
+        Ok(Speculation {
+            drafter,
+            budget: AdaptiveBudget::new(AdaptiveConfig::default()),
+            tree: TokenTree::new(0),
+            mask: Vec::new(),
+            base: 0,
+            verifying: false,
+        })
+    }
+}
+
+fn not_batched(method: SpeculativeMethod) -> EngineError {
+    EngineError::Invalid(format!(
+        "speculative method {method} is not available in batched generation (valid: {})",
+        SpeculativeMethod::MODEL_FREE.map(|m| m.as_str()).join(", ")
+    ))
 }
 
 /// Advances many sequences together; see the module documentation.
@@ -209,6 +272,18 @@ impl<'m> Scheduler<'m> {
         if let Some(kv) = &req.kv {
             kv.controller(&model.model, n_ctx)?;
         }
+        if let Some(method) = req.speculative {
+            if !SpeculativeMethod::MODEL_FREE.contains(&method) {
+                return Err(not_batched(method));
+            }
+            if req.kv.as_ref().is_some_and(|kv| !kv.is_exact()) {
+                // Eviction would score and drop draft entries before verification.
+                return Err(EngineError::Invalid(
+                    "speculative decoding needs the exact KV cache (kv_policy full, kv_dtype f16)"
+                        .into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -223,13 +298,14 @@ impl<'m> Scheduler<'m> {
         }
         Scheduler::validate(self.model, self.config.n_ctx, &req)?;
         let kv = match &req.kv {
-            Some(o) if !o.is_full() => Some(o.controller(&self.model.model, self.config.n_ctx)?),
+            Some(o) if !o.is_exact() => Some(o.controller(&self.model.model, self.config.n_ctx)?),
             _ => None,
         };
         let constraint = match &req.grammar {
             Some((g, mode)) => Some(ConstrainedSampler::new(g, *mode)?),
             None => None,
         };
+        let spec = req.speculative.map(Speculation::new).transpose()?;
         let mut sampler = Sampler::new(req.params.sampler.clone());
         if req.params.gumbel_max {
             sampler = sampler.with_gumbel_max();
@@ -256,6 +332,7 @@ impl<'m> Scheduler<'m> {
             sink,
             rows: Vec::new(),
             positions: Vec::new(),
+            spec,
         });
         Ok(id)
     }
@@ -285,13 +362,39 @@ impl<'m> Scheduler<'m> {
         // Rows of this step: decoding sequences feed their pending token; prefilling
         // ones share the chunk budget, oldest first.
         let mut budget = self.config.prefill_chunk;
+        let n_ctx = self.config.n_ctx;
         for a in &mut self.active {
             a.rows.clear();
             a.positions.clear();
             let next_pos = a.state.cache.next_position();
             if let Some(t) = a.pending {
-                a.rows.push(t);
-                a.positions.push(next_pos);
+                if let Some(spec) = &mut a.spec {
+                    // Root = the pending token; drafts below it, within the tokens
+                    // still wanted and the context.
+                    let base = a.state.cache.len();
+                    let room = n_ctx.saturating_sub(base + 1);
+                    let max_depth = a
+                        .params
+                        .max_tokens
+                        .saturating_sub(a.generated.len())
+                        .min(room);
+                    let n_draft = spec.budget.budget().min(room);
+                    spec.tree.reset(t);
+                    if n_draft > 0 && max_depth > 0 {
+                        spec.drafter
+                            .propose(&a.history, &mut spec.tree, n_draft, max_depth);
+                    }
+                    spec.base = base;
+                    spec.verifying = spec.tree.len() > 1;
+                    spec.tree.positions(next_pos, &mut a.positions);
+                    a.rows.extend_from_slice(spec.tree.tokens());
+                    if spec.verifying {
+                        spec.tree.mask(base, &mut spec.mask);
+                    }
+                } else {
+                    a.rows.push(t);
+                    a.positions.push(next_pos);
+                }
             } else if a.prefilled < a.prompt.len() && budget > 0 {
                 let n = (a.prompt.len() - a.prefilled).min(budget);
                 budget -= n;
@@ -311,11 +414,17 @@ impl<'m> Scheduler<'m> {
                 continue;
             }
             in_batch.push(k);
+            let tree_mask = a
+                .spec
+                .as_ref()
+                .filter(|s| s.verifying)
+                .map(|s| s.mask.as_slice());
             parts.push(BatchPart {
                 cache: &mut a.state.cache,
                 observer: a.kv.as_mut().and_then(KvController::observer),
                 rows: &a.rows,
                 positions: &a.positions,
+                tree_mask,
             });
         }
         stats.sequences = parts.len();
@@ -323,9 +432,18 @@ impl<'m> Scheduler<'m> {
             .iter_mut()
             .map(|p| SequenceBatch {
                 cache: &mut *p.cache,
-                batch: Batch {
-                    logits: LogitsFor::Last,
-                    ..Batch::causal(p.rows, p.positions)
+                batch: match p.tree_mask {
+                    // A draft tree: every node's row is verified.
+                    Some(mask) => Batch {
+                        tokens: p.rows,
+                        positions: p.positions,
+                        mask: Some(mask),
+                        logits: LogitsFor::All,
+                    },
+                    None => Batch {
+                        logits: LogitsFor::Last,
+                        ..Batch::causal(p.rows, p.positions)
+                    },
                 },
                 observer: p.observer.as_mut().map(|o| o as &mut dyn AttentionObserver),
             })
@@ -351,13 +469,30 @@ impl<'m> Scheduler<'m> {
 
         // Sample for every sequence whose prompt is complete; note who ended.
         let vocab = model.config.vocab_size;
-        let n_ctx = self.config.n_ctx;
         let tok = &self.model.tokenizer;
         let mut ended: Vec<usize> = Vec::new();
-        for (j, &k) in in_batch.iter().enumerate() {
+        let mut row0 = 0;
+        for &k in &in_batch {
             let a = &mut self.active[k];
-            let row = &logits[j * vocab..(j + 1) * vocab];
-            match sample_next(a, row, &mut self.work, tok, n_ctx, &mut stats) {
+            let verifying = a.spec.as_ref().is_some_and(|s| s.verifying);
+            let n_rows = if verifying { a.rows.len() } else { 1 };
+            let rows = &logits[row0 * vocab..(row0 + n_rows) * vocab];
+            row0 += n_rows;
+            let outcome = if verifying {
+                verify_tree(a, rows, vocab, &mut self.work, tok, n_ctx, &mut stats)
+            } else {
+                let decoding = a.pending.is_some();
+                let r = sample_next(a, rows, &mut self.work, tok, n_ctx, &mut stats);
+                if let (true, Ok(true), Some(spec)) = (decoding, &r, &mut a.spec) {
+                    // A plain step of a speculative sequence: the drafter still learns
+                    // from the row (Token Recycling), and the budget counts it (a
+                    // probe follows some plain steps).
+                    spec.drafter.observe(&spec.tree, rows, vocab, &[0]);
+                    spec.budget.record(0, 0);
+                }
+                r
+            };
+            match outcome {
                 Ok(true) => {}
                 Ok(false) => ended.push(k),
                 Err(e) => {
@@ -381,6 +516,8 @@ struct BatchPart<'a> {
     observer: Option<PolicyObserver<'a>>,
     rows: &'a [u32],
     positions: &'a [usize],
+    /// A speculative sequence's tree mask (its rows are a draft tree).
+    tree_mask: Option<&'a [bool]>,
 }
 
 /// After a forward pass: applies the KV budget, and when the prompt is complete samples
@@ -406,6 +543,68 @@ fn sample_next(
         }
         a.prefill_secs = a.started.elapsed().as_secs_f64();
     }
+    emit_token(a, logits, work, tok, n_ctx, stats)
+}
+
+/// A speculative sequence after its tree was verified: walks the rows from the root
+/// with the sequence's own sampler (each pick is the token plain decoding would make
+/// from that row), descending while the pick is a drafted child; keeps the walked path
+/// in the cache and drops the rest. Returns whether the sequence goes on.
+// rows: [tree nodes, vocab]
+fn verify_tree(
+    a: &mut Active<'_>,
+    rows: &[f32],
+    vocab: usize,
+    work: &mut Vec<f32>,
+    tok: &model::Tokenizer,
+    n_ctx: usize,
+    stats: &mut StepStats,
+) -> Result<bool> {
+    let Some(mut spec) = a.spec.take() else {
+        return Err(EngineError::Invalid("verify_tree without a drafter".into()));
+    };
+    a.decode_steps += 1;
+    let mut path = vec![0usize];
+    let goes_on = loop {
+        let node = *path.last().unwrap_or(&0);
+        let row = &rows[node * vocab..(node + 1) * vocab];
+        if !emit_token(a, row, work, tok, n_ctx, stats)? {
+            break false;
+        }
+        match a.pending.and_then(|t| spec.tree.child(node, t)) {
+            Some(child) => path.push(child),
+            None => break true,
+        }
+    };
+    let accepted = path.len() - 1;
+    stats.drafted += spec.tree.n_draft();
+    stats.accepted += accepted;
+    if goes_on {
+        // Keep the prefix and the walked path.
+        let base = spec.base;
+        if path.iter().enumerate().all(|(i, &node)| i == node) {
+            a.state.cache.truncate(base + path.len());
+        } else {
+            let keep: Vec<usize> = (0..base).chain(path.iter().map(|&n| base + n)).collect();
+            a.state.cache.retain_slots(&keep);
+        }
+        spec.drafter.observe(&spec.tree, rows, vocab, &path);
+        spec.budget.record(spec.tree.n_draft(), accepted);
+    }
+    a.spec = Some(spec);
+    Ok(goes_on)
+}
+
+/// Samples the next token from `logits` and reports it; ends the sequence on a stop
+/// condition. Returns whether the sequence goes on (its token is then pending).
+fn emit_token(
+    a: &mut Active<'_>,
+    logits: &[f32],
+    work: &mut Vec<f32>,
+    tok: &model::Tokenizer,
+    n_ctx: usize,
+    stats: &mut StepStats,
+) -> Result<bool> {
     let params = &a.params;
     let index = a.generated.len();
     work.clear();

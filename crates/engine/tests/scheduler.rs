@@ -90,6 +90,7 @@ fn concurrent_greedy_equals_sequential() {
             params: params.clone(),
             kv: None,
             grammar: None,
+            speculative: None,
         };
         sched.admit(req, sink(s.clone(), None)).expect("admitted");
     }
@@ -142,6 +143,7 @@ fn cancelled_sequences_free_their_cache_and_late_requests_join() {
         params: params.clone(),
         kv: None,
         grammar: None,
+        speculative: None,
     };
     sched
         .admit(req(PROMPTS[0]), sink(a.clone(), Some(3)))
@@ -197,6 +199,7 @@ fn per_sequence_kv_policy_and_validation() {
                 params: params.clone(),
                 kv: None,
                 grammar: None,
+                speculative: None,
             },
             sink(exact.clone(), None),
         )
@@ -208,6 +211,7 @@ fn per_sequence_kv_policy_and_validation() {
                 params: params.clone(),
                 kv: Some(KvOptions::new("tova", Some(engine::Budget::Tokens(8)))),
                 grammar: None,
+                speculative: None,
             },
             sink(windowed.clone(), None),
         )
@@ -219,6 +223,7 @@ fn per_sequence_kv_policy_and_validation() {
             params: params.clone(),
             kv: None,
             grammar: None,
+            speculative: None,
         },
         sink(Arc::default(), None),
     );
@@ -302,6 +307,7 @@ fn constrained_sequence_produces_valid_json() {
             },
             kv: None,
             grammar: Some((grammar, mode)),
+            speculative: None,
         };
         sched.admit(req, sink(s.clone(), None)).expect("admitted");
     }
@@ -322,4 +328,154 @@ fn constrained_sequence_produces_valid_json() {
     }
     // Greedy: both ways of enforcing the grammar choose the same tokens.
     assert_eq!(texts[0], texts[1]);
+}
+
+/// Speculative sequences (lookup, recycle) in a batch with plain ones give exactly the
+/// tokens, texts and logprobs of plain decoding, greedy and seeded sampling alike,
+/// in fewer forward passes per sequence when drafts are accepted.
+#[test]
+fn speculative_sequences_equal_plain_decoding() {
+    let m = model::load_gguf(&common::model_path(common::SMOLLM2), 2).expect("model loads");
+    // Copy-heavy prompts (lookup finds matches) and ordinary ones.
+    let texts = [
+        "Repeat the list exactly: red, green, blue, yellow, purple, orange. Again: red, green, blue, yellow, purple, orange. Again:",
+        "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n    return a - b\n\ndef mul(a, b):\n",
+        PROMPTS[0],
+        PROMPTS[2],
+        "one two three four five six seven eight nine ten one two three four five six",
+        PROMPTS[5],
+    ];
+    let prompts: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|p| m.tokenizer.encode_prompt(p).expect("encodes"))
+        .collect();
+    let params = |k: usize| GenerationParams {
+        max_tokens: 32,
+        // Even prompts greedy, odd ones sampled with a seed.
+        sampler: if k.is_multiple_of(2) {
+            SamplerConfig::greedy()
+        } else {
+            SamplerConfig {
+                temperature: 0.8,
+                top_k: 40,
+                seed: 7 + k as u64,
+                ..SamplerConfig::default()
+            }
+        },
+        top_logprobs: 2,
+        ..GenerationParams::default()
+    };
+    // (tokens, text, logprobs) per prompt; decode steps; drafted; accepted.
+    type Run = (Vec<(Vec<u32>, String, Vec<f32>)>, usize, usize, usize);
+    let run = |method: Option<engine::SpeculativeMethod>| -> Run {
+        let mut sched = Scheduler::new(
+            &m,
+            SchedulerConfig {
+                max_sequences: 8,
+                n_ctx: 256,
+                prefill_chunk: 64,
+            },
+        )
+        .expect("scheduler");
+        let logprobs: Vec<Arc<Mutex<Vec<f32>>>> = prompts.iter().map(|_| Arc::default()).collect();
+        let seen: Vec<Arc<Mutex<Seen>>> = prompts.iter().map(|_| Arc::default()).collect();
+        for (k, p) in prompts.iter().enumerate() {
+            let (seen, lp) = (seen[k].clone(), logprobs[k].clone());
+            let mut inner = sink(seen, None);
+            let req = SequenceRequest {
+                prompt: p.clone(),
+                params: params(k),
+                speculative: method,
+                ..SequenceRequest::default()
+            };
+            let wrapped: engine::EventSink = Box::new(move |ev| {
+                if let SequenceEvent::Token(t) = &ev {
+                    lp.lock().expect("lock").push(t.logprob);
+                }
+                inner(ev)
+            });
+            sched.admit(req, wrapped).expect("admitted");
+        }
+        let (mut steps, mut drafted, mut accepted) = (0, 0, 0);
+        while sched.active() > 0 {
+            let st = sched.step();
+            steps += 1;
+            drafted += st.drafted;
+            accepted += st.accepted;
+            assert!(steps < 10_000);
+        }
+        // Forward passes each sequence took while decoding, summed.
+        let decode_steps = seen
+            .iter()
+            .map(|s| {
+                let s = s.lock().expect("lock");
+                s.finished.as_ref().expect("finished").stats.decode_steps
+            })
+            .sum::<usize>();
+        let out = seen
+            .iter()
+            .zip(&logprobs)
+            .map(|(s, lp)| {
+                let s = s.lock().expect("lock");
+                assert!(s.failed.is_none(), "{:?}", s.failed);
+                (
+                    s.ids.clone(),
+                    s.text.clone(),
+                    lp.lock().expect("lock").clone(),
+                )
+            })
+            .collect();
+        (out, decode_steps, drafted, accepted)
+    };
+    let (plain, plain_steps, d0, _) = run(None);
+    assert_eq!(d0, 0);
+    for method in [
+        engine::SpeculativeMethod::Lookup,
+        engine::SpeculativeMethod::Recycle,
+    ] {
+        let (spec, steps, drafted, accepted) = run(Some(method));
+        for (k, (a, b)) in plain.iter().zip(&spec).enumerate() {
+            assert_eq!(a.0, b.0, "{method} prompt {k}: tokens differ");
+            assert_eq!(a.1, b.1, "{method} prompt {k}: text differs");
+            assert_eq!(a.2, b.2, "{method} prompt {k}: logprobs differ");
+        }
+        println!(
+            "{method}: {steps} decode steps (plain {plain_steps}), {accepted}/{drafted} drafts accepted"
+        );
+        assert!(drafted > 0, "{method} drafted nothing");
+        if method == engine::SpeculativeMethod::Lookup {
+            assert!(
+                accepted > 0 && steps < plain_steps,
+                "{method}: {accepted} accepted, {steps} steps"
+            );
+        }
+    }
+}
+
+/// Only the model-free drafters run in a batch, and only on the exact cache.
+#[test]
+fn speculative_requests_are_checked() {
+    let m = model::load_gguf(&common::model_path(common::SMOLLM2), 1).expect("model loads");
+    let prompt = m.tokenizer.encode_prompt("Hello").expect("encodes");
+    let mut sched = Scheduler::new(&m, SchedulerConfig::default()).expect("scheduler");
+    let draft = SequenceRequest {
+        prompt: prompt.clone(),
+        speculative: Some(engine::SpeculativeMethod::Draft),
+        ..SequenceRequest::default()
+    };
+    let err = sched
+        .admit(draft, sink(Arc::default(), None))
+        .expect_err("draft needs a model");
+    assert!(err.to_string().contains("lookup"), "{err}");
+    let evicting = SequenceRequest {
+        prompt,
+        speculative: Some(engine::SpeculativeMethod::Lookup),
+        kv: Some(KvOptions::new("window", Some(engine::Budget::Tokens(64)))),
+        ..SequenceRequest::default()
+    };
+    let err = sched
+        .admit(evicting, sink(Arc::default(), None))
+        .expect_err("eviction and speculation do not mix");
+    assert!(err.to_string().contains("exact KV"), "{err}");
+    assert_eq!(sched.active(), 0);
 }

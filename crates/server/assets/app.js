@@ -9,7 +9,7 @@ const FALLBACK_INFO = {
   model: null, n_ctx: null,
   samplers: ['greedy', 'default', 'min_p', 'typical', 'mirostat', 'top_k', 'dynatemp'],
   kv_policies: ['full', 'window', 'h2o', 'tova', 'snapkv', 'a2sf', 'keyformer', 'knorm'],
-  kv_dtypes: [], speculative: ['none', 'lookup', 'recycle'],
+  kv_dtypes: ['f16', 'int8', 'int4', 'mixed'], speculative: ['none', 'lookup', 'recycle'],
 };
 const SCALES = { entropy: [2, 4, 6, 8, 12], surprisal: [4, 6, 10, 15, 20] };
 const STORE_KEY = 'tokenwise.playground.v1';
@@ -97,7 +97,7 @@ function repaintAll() {
 }
 
 // ---------- settings ----------
-const TW_FIELDS = ['sampler_preset', 'top_k', 'min_p', 'typical_p', 'mirostat', 'mirostat_tau', 'mirostat_eta', 'kv_policy', 'kv_budget', 'speculative'];
+const TW_FIELDS = ['sampler_preset', 'top_k', 'min_p', 'typical_p', 'mirostat', 'mirostat_tau', 'mirostat_eta', 'kv_policy', 'kv_budget', 'kv_dtype', 'speculative'];
 const PERSIST = ['temperature', 'top_p', 'max_tokens', 'seed', 'top_logprobs', 'system', ...TW_FIELDS];
 
 function fillSelect(id, items) {
@@ -144,6 +144,7 @@ function settingsSummary(body) {
   for (const k of ['top_k', 'min_p', 'typical_p', 'mirostat', 'mirostat_tau', 'mirostat_eta']) if (tw[k] !== undefined) parts.push(k + ' ' + tw[k]);
   if (body.seed !== undefined) parts.push('seed ' + body.seed);
   if (tw.kv_policy || tw.kv_budget) parts.push('kv ' + (tw.kv_policy || 'default') + (tw.kv_budget ? '/' + tw.kv_budget : ''));
+  if (tw.kv_dtype) parts.push('kv ' + tw.kv_dtype);
   if (tw.speculative) parts.push('spec ' + tw.speculative);
   return parts;
 }
@@ -204,9 +205,9 @@ function applyInfo(info, ok) {
   S.info = info;
   fillSelect('sampler_preset', info.samplers);
   fillSelect('kv_policy', info.kv_policies);
+  fillSelect('kv_dtype', info.kv_dtypes);
   fillSelect('speculative', info.speculative);
   if (!applyInfo.loaded) { applyInfo.loaded = true; captureDefaults(); loadSettings(); syncSettingsUI(); }
-  $('kv-dtypes').textContent = info.kv_dtypes && info.kv_dtypes.length ? 'KV dtypes: ' + info.kv_dtypes.join(', ') : '';
   $('server-dot').className = 'dot ' + (ok ? 'ok' : 'bad');
   if (ok) {
     $('model-name').textContent = info.model || 'unknown model';

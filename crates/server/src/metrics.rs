@@ -16,6 +16,9 @@ pub struct Metrics {
     pub queue_depth: AtomicUsize,
     pub active_sequences: AtomicUsize,
     pub kv_bytes: AtomicUsize,
+    /// Draft tokens verified and accepted (speculative requests).
+    pub drafted_tokens: AtomicU64,
+    pub accepted_tokens: AtomicU64,
     /// Decode throughput over recent steps (tokens/s), smoothed.
     pub tokens_per_sec: Mutex<f64>,
 }
@@ -28,6 +31,9 @@ impl Metrics {
             .fetch_add(stats.prompt_tokens as u64, Relaxed);
         self.generated_tokens
             .fetch_add(stats.generated_tokens as u64, Relaxed);
+        self.drafted_tokens.fetch_add(stats.drafted as u64, Relaxed);
+        self.accepted_tokens
+            .fetch_add(stats.accepted as u64, Relaxed);
         self.active_sequences.store(active, Relaxed);
         self.kv_bytes.store(kv_bytes, Relaxed);
         if stats.generated_tokens > 0 && stats.secs > 0.0 {
@@ -112,10 +118,30 @@ impl Metrics {
             g(&self.kv_bytes),
         );
         put(
+            "speculative_drafted_tokens_total",
+            "counter",
+            "Draft tokens verified for speculative requests.",
+            c(&self.drafted_tokens),
+        );
+        put(
+            "speculative_accepted_tokens_total",
+            "counter",
+            "Draft tokens accepted (each saves a forward pass).",
+            c(&self.accepted_tokens),
+        );
+        let drafted = self.drafted_tokens.load(Relaxed);
+        put(
             "speculative_acceptance_ratio",
             "gauge",
-            "Accepted share of drafted tokens (0: no speculative decoding in the server yet).",
-            "0".into(),
+            "Accepted share of all drafted tokens so far (0 before any draft).",
+            if drafted == 0 {
+                "0".into()
+            } else {
+                format!(
+                    "{:.4}",
+                    self.accepted_tokens.load(Relaxed) as f64 / drafted as f64
+                )
+            },
         );
         out
     }

@@ -8,8 +8,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use engine::kv::{KvDtype, KvQuant};
 use engine::{
     Budget, ConstraintMode, GenerationParams, Grammar, KvOptions, SamplerConfig, SequenceRequest,
+    SpeculativeMethod,
 };
 use model::chat::ChatMessage;
 use model::LoadedModel;
@@ -174,11 +176,12 @@ pub const SAMPLER_PRESETS: [&str; 7] = [
     "greedy", "default", "min_p", "typical", "mirostat", "top_k", "dynatemp",
 ];
 
-/// KV dtypes the server accepts today.
-pub const KV_DTYPES: [&str; 1] = ["f16"];
+/// KV storage types a request may pick (`tokenwise.kv_dtype`; int8/int4/mixed are KIVI).
+pub const KV_DTYPES: &[&str] = KvDtype::NAMES;
 
-/// Speculative modes the server accepts today.
-pub const SPECULATIVE_MODES: [&str; 1] = ["none"];
+/// Speculative modes a request may pick (`tokenwise.speculative`): the model-free
+/// drafters, verified inside the batched step; the output equals plain decoding.
+pub const SPECULATIVE_MODES: [&str; 3] = ["none", "lookup", "recycle"];
 
 fn preset(name: &str) -> Result<SamplerConfig, ApiError> {
     let base = SamplerConfig::default();
@@ -314,12 +317,14 @@ impl CommonFields {
             apply_extension(&mut sampler, e);
         }
         let kv = kv_options(ext)?;
-        if let Some(s) = ext.and_then(|e| e.speculative.as_deref()) {
-            if !SPECULATIVE_MODES.contains(&s) {
-                let known = ["none", "lookup", "recycle", "skip", "draft"];
+        let speculative = match ext.and_then(|e| e.speculative.as_deref()) {
+            None | Some("none") => None,
+            Some(s) => {
+                let known = ["skip", "draft"];
                 let msg = if known.contains(&s) {
                     format!(
-                        "speculative {s:?} is not available in the server yet; valid: {}",
+                        "speculative {s:?} needs a second model or a calibration the server \
+                         does not load; valid: {}",
                         SPECULATIVE_MODES.join(", ")
                     )
                 } else {
@@ -328,9 +333,21 @@ impl CommonFields {
                         SPECULATIVE_MODES.join(", ")
                     )
                 };
-                return Err(ApiError::invalid(msg, "tokenwise.speculative"));
+                let method = SPECULATIVE_MODES
+                    .contains(&s)
+                    .then(|| s.parse::<SpeculativeMethod>().ok())
+                    .flatten()
+                    .ok_or_else(|| ApiError::invalid(msg, "tokenwise.speculative"))?;
+                if kv.as_ref().is_some_and(|k| !k.is_exact()) {
+                    return Err(ApiError::invalid(
+                        "speculative decoding needs the exact KV cache (no kv_policy other \
+                         than full, kv_dtype f16)",
+                        "tokenwise.speculative",
+                    ));
+                }
+                Some(method)
             }
-        }
+        };
         let stop = match &self.stop {
             None => Vec::new(),
             Some(StopField::One(s)) => vec![s.clone()],
@@ -362,6 +379,7 @@ impl CommonFields {
                 },
                 kv: kv.clone(),
                 grammar: grammar.clone(),
+                speculative,
             })
             .collect();
         Ok(Prepared {
@@ -449,17 +467,20 @@ fn apply_extension(s: &mut SamplerConfig, e: &Extension) {
 
 fn kv_options(ext: Option<&Extension>) -> Result<Option<KvOptions>, ApiError> {
     let Some(e) = ext else { return Ok(None) };
-    if let Some(d) = e.kv_dtype.as_deref() {
-        if !KV_DTYPES.contains(&d) {
-            return Err(ApiError::invalid(
-                format!(
-                    "kv_dtype {d:?} is not available; valid: {}",
-                    KV_DTYPES.join(", ")
-                ),
+    let dtype = match e.kv_dtype.as_deref() {
+        None => KvDtype::F16,
+        Some(d) => d.parse::<KvDtype>().map_err(|_| {
+            ApiError::invalid(
+                format!("unknown kv_dtype {d:?}; valid: {}", KV_DTYPES.join(", ")),
                 "tokenwise.kv_dtype",
-            ));
-        }
-    }
+            )
+        })?,
+    };
+    // KIVI's defaults, as on the command line: 32-token residual window, groups of 32.
+    let quant = KvQuant {
+        dtype,
+        ..KvQuant::default()
+    };
     let Some(policy) = e.kv_policy.as_deref() else {
         if e.kv_budget.is_some() {
             return Err(ApiError::invalid(
@@ -467,7 +488,7 @@ fn kv_options(ext: Option<&Extension>) -> Result<Option<KvOptions>, ApiError> {
                 "tokenwise.kv_budget",
             ));
         }
-        return Ok(None);
+        return Ok((dtype != KvDtype::F16).then(|| KvOptions::new("full", None).with_quant(quant)));
     };
     if !engine::POLICY_NAMES.contains(&policy) {
         return Err(ApiError::invalid(
@@ -501,7 +522,7 @@ fn kv_options(ext: Option<&Extension>) -> Result<Option<KvOptions>, ApiError> {
             ))
         }
     };
-    Ok(Some(KvOptions::new(policy, budget)))
+    Ok(Some(KvOptions::new(policy, budget).with_quant(quant)))
 }
 
 fn random_seed() -> u64 {

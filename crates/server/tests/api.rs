@@ -277,6 +277,52 @@ async fn openai_shapes() {
     let kv = r["tokenwise"][0]["kv_bytes"].as_u64().expect("kv_bytes");
     assert!(kv > 0, "{r}");
 
+    // Per-request KV dtype: a 300-token prompt held in int4 (KIVI, 32-token f16
+    // residual) takes less memory than in f16, alone or under an eviction policy.
+    let long = "the quick brown fox jumps over the lazy dog ".repeat(33);
+    let mut bytes = Vec::new();
+    for ext in [
+        json!({}),
+        json!({"kv_dtype": "int8"}),
+        json!({"kv_dtype": "int4"}),
+        json!({"kv_dtype": "int4", "kv_policy": "window", "kv_budget": 128}),
+    ] {
+        let (st, r) = s
+            .post(
+                "/v1/completions",
+                json!({"prompt": long, "max_tokens": 2, "temperature": 0, "tokenwise": ext}),
+            )
+            .await;
+        assert_eq!(st, 200, "{ext} -> {r}");
+        bytes.push(r["tokenwise"][0]["kv_bytes"].as_u64().expect("kv_bytes"));
+    }
+    assert!(
+        bytes[0] > bytes[1] && bytes[1] > bytes[2] && bytes[2] > bytes[3],
+        "KV bytes f16 > int8 > int4 > int4 under a 128-token window: {bytes:?}"
+    );
+
+    // Per-request speculative decoding: the same text and logprobs as plain decoding,
+    // with drafts verified and accepted (counted in /metrics).
+    let copy = "Repeat: red, green, blue, yellow, purple, orange. Again: red, green, blue, yellow, purple, orange. Again:";
+    let mut outs = Vec::new();
+    for spec in ["none", "lookup", "recycle"] {
+        let (st, r) = s
+            .post(
+                "/v1/completions",
+                json!({"prompt": copy, "max_tokens": 24, "temperature": 0, "logprobs": 2,
+                       "tokenwise": {"speculative": spec}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{spec} -> {r}");
+        outs.push(r["choices"][0].clone());
+    }
+    for o in &outs[1..] {
+        assert_eq!(o["text"], outs[0]["text"]);
+        assert_eq!(o["logprobs"], outs[0]["logprobs"]);
+    }
+    assert!(s.metric("speculative_drafted_tokens_total").await > 0.0);
+    assert!(s.metric("speculative_accepted_tokens_total").await > 0.0);
+
     s.stop().await;
 }
 
@@ -293,8 +339,11 @@ async fn errors_have_status_codes_and_openai_shape() {
         json!({"prompt": "x", "temperature": -1}),
         json!({"prompt": "word ".repeat(600)}),
         json!({"prompt": "x", "tokenwise": {"kv_policy": "nope"}}),
+        json!({"prompt": "x", "tokenwise": {"kv_dtype": "int3"}}),
         json!({"prompt": "x", "tokenwise": {"no_such_field": 1}}),
         json!({"prompt": "x", "tokenwise": {"speculative": "warp"}}),
+        json!({"prompt": "x", "tokenwise": {"speculative": "draft"}}),
+        json!({"prompt": "x", "tokenwise": {"speculative": "lookup", "kv_policy": "window", "kv_budget": 64}}),
         json!({"prompt": "x", "response_format": {"type": "xml"}}),
         json!({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}),
         json!({"prompt": "x", "response_format": {"type": "json_object"}, "tokenwise": {"constraint": "maybe"}}),

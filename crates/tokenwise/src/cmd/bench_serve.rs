@@ -5,8 +5,12 @@
 //! Each server is started as a child process on a free loopback port, warmed up with
 //! one request, then loaded; its peak RSS is read from `/proc/PID/status` (VmHWM).
 //! Reported per server and client count: aggregate generated tokens/s (all tokens over
-//! the wall time of the round), time to first token p50/p95, inter-token latency
-//! p50/p95.
+//! the wall time of the round, prefill included), decode tokens/s (clients over the
+//! mean inter-token latency: the batch's steady generation rate once prompts are in),
+//! time to first token p50/p95, inter-token latency p50/p95.
+//!
+//! Every round and the warm-up use prompts of their own, so no server answers from a
+//! prompt cache filled by an earlier round (llama-server reuses a slot's prompt).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -86,10 +90,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--clients needs counts of at least 1");
     }
     let path = models::resolve(&a.model)?;
+    // One warm-up prompt, then fresh prompts for every round.
     let prompts = load_prompts(
         a.prompts.as_deref(),
         a.prompt_words,
-        *a.clients.iter().max().unwrap_or(&1),
+        1 + a.clients.iter().sum::<usize>(),
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -124,8 +129,11 @@ pub fn run(a: Args) -> Result<()> {
             // Warm-up: page in the weights, start the threads.
             one_request(&client, &server, &prompts[0], 8).await?;
             let mut rounds = Vec::new();
+            let mut next = 1;
             for &c in &a.clients {
-                rounds.push(load_round(&client, &server, &prompts[..c], a.max_tokens).await?);
+                let round_prompts = &prompts[next..next + c];
+                next += c;
+                rounds.push(load_round(&client, &server, round_prompts, a.max_tokens).await?);
                 let r = rounds.last().expect("pushed");
                 eprintln!(
                     "  {c} clients: {:.1} tok/s aggregate",
@@ -369,6 +377,15 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[i]
 }
 
+/// The batch's steady generation rate: every client gets a token per mean gap.
+fn decode_rate(r: &Round) -> f64 {
+    if r.itl.is_empty() {
+        return f64::NAN;
+    }
+    let mean = r.itl.iter().sum::<f64>() / r.itl.len() as f64;
+    r.clients as f64 / mean
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -387,14 +404,15 @@ fn print_report(a: &Args, model: &std::path::Path, results: &[(String, Vec<Round
         a.max_tokens
     );
     println!();
-    println!("| server | clients | aggregate tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | peak RSS MiB |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| server | clients | aggregate tok/s | decode tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | peak RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, rounds, rss) in results {
         for r in rounds {
             println!(
-                "| {name} | {} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} |",
+                "| {name} | {} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} |",
                 r.clients,
                 r.tokens as f64 / r.wall,
+                decode_rate(r),
                 percentile(&r.ttft, 0.5) * 1e3,
                 percentile(&r.ttft, 0.95) * 1e3,
                 percentile(&r.itl, 0.5) * 1e3,
