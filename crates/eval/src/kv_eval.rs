@@ -475,6 +475,69 @@ pub fn load_long_text(dir: &Path, min_chars: usize) -> Result<String> {
     Ok(text)
 }
 
+/// Charts of a sweep for `--plot`: perplexity and (when measured) passkey accuracy at
+/// the longest context against the KV memory held, one line per policy and KV type
+/// (its budgets are the points).
+pub fn charts(rows: &[KvEvalRow]) -> Vec<crate::plot::Chart> {
+    use crate::plot::{Chart, Series};
+    let mib = |r: &KvEvalRow| r.kv_bytes_f16 as f64 / (1 << 20) as f64;
+    // Series in first-seen order of (policy, dtype).
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        let k = (r.policy.clone(), r.dtype.clone());
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let series = |y: &dyn Fn(&KvEvalRow) -> Option<f64>| -> Vec<Series> {
+        keys.iter()
+            .map(|(p, d)| {
+                let mut points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| &r.policy == p && &r.dtype == d)
+                    .filter_map(|r| y(r).map(|v| (mib(r), v)))
+                    .collect();
+                points.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Series {
+                    name: format!("{p} {d}"),
+                    points,
+                }
+            })
+            .filter(|s| !s.points.is_empty())
+            .collect()
+    };
+    let mut out = Vec::new();
+    let ppl = series(&|r| r.ppl);
+    if !ppl.is_empty() {
+        out.push(Chart {
+            title: "Perplexity of the long text".into(),
+            x_label: "KV MiB held (f16 entries at 2 bytes)".into(),
+            y_label: "perplexity".into(),
+            series: ppl,
+            x_log: true,
+            y_range: None,
+        });
+    }
+    let longest = rows.first().and_then(|r| r.passkey.last()).map(|p| p.0);
+    if let Some(len) = longest {
+        let acc = series(&|r| {
+            r.passkey
+                .iter()
+                .find(|p| p.0 == len)
+                .map(|&(_, c, n)| c as f64 / n.max(1) as f64)
+        });
+        out.push(Chart {
+            title: format!("Passkey retrieval at {len} tokens"),
+            x_label: "KV MiB held (f16 entries at 2 bytes)".into(),
+            y_label: "accuracy".into(),
+            series: acc,
+            x_log: true,
+            y_range: Some((0.0, 1.0)),
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,7 @@ pub mod detect;
 pub mod kv_eval;
 pub mod llama_bench;
 pub mod perplexity;
+pub mod plot;
 pub mod score;
 pub mod sysinfo;
 

@@ -1,13 +1,13 @@
 //! `tokenwise eval kv`: KV eviction policies × budgets × storage types against
 //! perplexity of a long text, passkey retrieval, KV bytes held and decode speed (see
-//! `eval::kv_eval`); writes a markdown table and a CSV.
+//! `eval::kv_eval`); writes a markdown table, a CSV and an SVG chart.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use engine::kv::{KvDtype, KvQuant};
 use engine::{Budget, PolicyParams};
-use eval::kv_eval::{csv, load_long_text, markdown_table, run_kv_eval, KvEvalOptions};
+use eval::kv_eval::{charts, csv, load_long_text, markdown_table, run_kv_eval, KvEvalOptions};
 
 use crate::models;
 
@@ -58,8 +58,9 @@ pub struct Args {
     /// scripts/fetch_eval_text.py extracts into the cache).
     #[arg(long, value_name = "DIR")]
     pub text_dir: Option<PathBuf>,
-    /// Passkey context lengths in tokens (comma-separated; empty skips passkey).
-    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+    /// Passkey context lengths in tokens (comma-separated; `0` or no value skips
+    /// passkey).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1024,2048,4096")]
     pub passkey_lengths: Vec<usize>,
     /// Passkey trials per length (depths cycle through 10%..90%).
     #[arg(long, default_value_t = 20)]
@@ -88,6 +89,10 @@ pub struct Args {
     /// Write the markdown table here.
     #[arg(long, value_name = "FILE")]
     pub md: Option<PathBuf>,
+    /// Write an SVG chart here: perplexity and passkey accuracy against KV memory held,
+    /// one line per policy and KV type.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 fn parse_budget(s: &str) -> Result<Budget, String> {
@@ -154,7 +159,12 @@ fn run_kv(a: Args) -> Result<()> {
         decode_steps: a.decode_steps,
         chunk: a.chunk,
         ppl_tokens: a.ppl_tokens,
-        passkey_lengths: a.passkey_lengths.clone(),
+        passkey_lengths: a
+            .passkey_lengths
+            .iter()
+            .copied()
+            .filter(|&l| l > 0)
+            .collect(),
         passkey_trials: a.trials,
         compress_after_prompt: a.compress_after_prompt,
         seed: a.seed,
@@ -167,6 +177,10 @@ fn run_kv(a: Args) -> Result<()> {
     }
     if let Some(p) = &a.csv {
         std::fs::write(p, csv(&rows)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(p) = &a.plot {
+        let svg = eval::plot::svg_document(&charts(&rows), 560, 380);
+        std::fs::write(p, svg).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
