@@ -29,7 +29,7 @@
 use kv::{Budget, KvPolicy, KvShape, LaneView, LayerAttention, PolicyParams};
 use model::kv_cache::SettleCandidates;
 pub use model::kv_cache::{KvDtype, KvQuant};
-use model::{AttentionObserver, AttentionWeights, Batch, Model, SequenceState};
+use model::{AttentionObserver, AttentionWeights, Batch, Model, ModelConfig, SequenceState};
 
 use crate::{EngineError, Result};
 
@@ -43,6 +43,10 @@ pub struct KvOptions {
     pub params: PolicyParams,
     /// How keys and values are stored (f16 by default).
     pub quant: KvQuant,
+    /// Move kept tokens to positions inside the cache after each eviction
+    /// (StreamingLLM's choice; `window` only) instead of keeping their original RoPE
+    /// positions (the default).
+    pub reposition: bool,
 }
 
 impl Default for KvOptions {
@@ -53,6 +57,7 @@ impl Default for KvOptions {
             budget: None,
             params: PolicyParams::default(),
             quant: KvQuant::default(),
+            reposition: false,
         }
     }
 }
@@ -101,13 +106,31 @@ impl KvOptions {
         self.quant
             .validate(c.head_dim)
             .map_err(|e| EngineError::Invalid(format!("KV quantisation: {e}")))?;
+        if self.reposition {
+            if !self.policy.eq_ignore_ascii_case("window") {
+                return Err(EngineError::Invalid(format!(
+                    "re-positioning kept tokens (--kv-positions cache) is defined for the \
+                     window policy, not {}",
+                    self.policy
+                )));
+            }
+            if self.quant.is_quantized() {
+                return Err(EngineError::Invalid(
+                    "re-positioning kept tokens needs full-precision keys (--kv-dtype f16)".into(),
+                ));
+            }
+        }
         let shape = KvShape {
             n_layer: c.n_layer,
             n_head: c.n_head,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
         };
-        Ok(KvController::new(policy, budget, shape).with_quant(self.quant))
+        let mut ctl = KvController::new(policy, budget, shape).with_quant(self.quant);
+        if self.reposition {
+            ctl.reposition = Some(c.clone());
+        }
+        Ok(ctl)
     }
 }
 
@@ -140,6 +163,8 @@ pub struct KvController {
     /// Dequantised keys of a lane for policies that read keys.
     keys: Vec<f32>,
     stats: KvStats,
+    /// The model's RoPE settings when kept tokens are re-positioned after eviction.
+    reposition: Option<ModelConfig>,
 }
 
 impl KvController {
@@ -157,6 +182,7 @@ impl KvController {
             kept: Vec::new(),
             keys: Vec::new(),
             stats: KvStats::default(),
+            reposition: None,
         }
     }
 
@@ -184,6 +210,12 @@ impl KvController {
     /// Tokens per lane (`usize::MAX` for `full`).
     pub fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// Whether kept tokens move to positions inside the cache after eviction (then the
+    /// next token's position is the cache length, `KvCache::next_position`).
+    pub fn repositions(&self) -> bool {
+        self.reposition.is_some()
     }
 
     /// Whether this controller can ever evict (false for `full`).
@@ -287,6 +319,9 @@ impl KvController {
         state.cache.set_quant(self.quant)?;
         if self.evicts() {
             self.evict(state)?;
+        }
+        if let Some(config) = &self.reposition {
+            model::reposition_cache(config, &mut state.cache)?;
         }
         if self.quant.is_quantized() {
             self.quantize(state);

@@ -278,3 +278,65 @@ fn lanes_holding_a_subset_attend_like_a_cache_of_that_subset() {
         }
     }
 }
+
+/// `window` with re-positioning (StreamingLLM): after each eviction the kept tokens sit
+/// at positions 0..len, so positions never exceed the budget however long the
+/// generation; the greedy text stays fluent (finite logits, the same first tokens as
+/// without re-positioning while nothing is evicted). Other policies and quantised
+/// keys refuse the option.
+#[test]
+fn window_repositions_kept_tokens_inside_the_cache() {
+    let m = smollm2();
+    let prompt = m.tokenizer.encode_prompt(PROMPT).expect("tokenises");
+    let budget = 48;
+    let steps = 200;
+    let mut opts = KvOptions::new("window", Some(Budget::Tokens(budget)));
+    let plain = {
+        let mut s = Session::new(&m, 512)
+            .expect("session")
+            .with_kv(&opts)
+            .expect("valid");
+        run(&mut s, &prompt, steps, |_, _| {})
+    };
+    opts.reposition = true;
+    let mut s = Session::new(&m, 512)
+        .expect("session")
+        .with_kv(&opts)
+        .expect("valid");
+    let mut max_pos = 0;
+    let repositioned = run(&mut s, &prompt, steps, |_, s| {
+        let cache = &s.state().cache;
+        let pos = cache.positions();
+        assert_eq!(pos, (0..pos.len()).collect::<Vec<_>>().as_slice());
+        max_pos = max_pos.max(cache.next_position());
+    });
+    assert!(
+        max_pos <= budget + 1,
+        "positions stay inside the cache: {max_pos}"
+    );
+    assert!(repositioned.iter().flatten().all(|x| x.is_finite()));
+    // Until the first eviction both runs are the same computation.
+    let untouched = budget.saturating_sub(prompt.len());
+    assert_eq!(bits(&plain[..untouched]), bits(&repositioned[..untouched]));
+
+    for bad in [
+        KvOptions {
+            reposition: true,
+            ..KvOptions::new("h2o", Some(Budget::Tokens(64)))
+        },
+        KvOptions {
+            reposition: true,
+            ..KvOptions::new("window", Some(Budget::Tokens(64))).with_quant(engine::kv::KvQuant {
+                dtype: engine::kv::KvDtype::Int8,
+                ..Default::default()
+            })
+        },
+    ] {
+        let err = Session::new(&m, 512)
+            .expect("session")
+            .with_kv(&bad)
+            .err()
+            .expect("an error");
+        assert!(err.to_string().contains("re-position"), "{err}");
+    }
+}

@@ -48,6 +48,9 @@ pub struct KvEvalOptions {
     /// (SnapKV's setting: the question is seen before choosing), instead of evicting
     /// after every chunk.
     pub compress_after_prompt: bool,
+    /// `window` cells re-position kept tokens inside the cache (StreamingLLM); their
+    /// rows are named `window/cache-pos`.
+    pub reposition: bool,
     pub seed: u64,
 }
 
@@ -64,6 +67,7 @@ impl Default for KvEvalOptions {
             passkey_lengths: vec![1024, 2048, 4096],
             passkey_trials: 20,
             compress_after_prompt: false,
+            reposition: false,
             seed: 1,
         }
     }
@@ -133,8 +137,14 @@ pub fn kv_perplexity(
     let chunk = chunk.max(1);
     for (c, toks) in ids.chunks(chunk).enumerate() {
         let start = c * chunk;
+        // Re-positioned caches continue at their length, others at the text position.
+        let pos0 = if ctl.repositions() {
+            state.cache.next_position()
+        } else {
+            start
+        };
         positions.clear();
-        positions.extend(start..start + toks.len());
+        positions.extend(pos0..pos0 + toks.len());
         let batch = Batch {
             tokens: toks,
             positions: &positions,
@@ -155,7 +165,11 @@ pub fn kv_perplexity(
     let mut next = argmax(&logits[last * vocab..]);
     let t = Instant::now();
     for i in 0..decode_steps {
-        let pos = [ids.len() + i];
+        let pos = [if ctl.repositions() {
+            state.cache.next_position()
+        } else {
+            ids.len() + i
+        }];
         ctl.forward(m, &mut state, &Batch::causal(&[next], &pos), &mut logits)
             .map_err(engine_err)?;
         next = argmax(&logits);
@@ -233,7 +247,11 @@ pub fn passkey_trial(
     let mut state = m.new_state(prompt.len() + ANSWER_TOKENS);
     let (mut logits, mut positions) = (Vec::new(), Vec::new());
     for (c, toks) in prompt.chunks(chunk.max(1)).enumerate() {
-        let start = c * chunk.max(1);
+        let start = if ctl.repositions() {
+            state.cache.next_position()
+        } else {
+            c * chunk.max(1)
+        };
         positions.clear();
         positions.extend(start..start + toks.len());
         let batch = Batch::causal(toks, &positions);
@@ -254,7 +272,11 @@ pub fn passkey_trial(
         if i + 1 == ANSWER_TOKENS {
             break;
         }
-        let pos = [prompt.len() + i];
+        let pos = [if ctl.repositions() {
+            state.cache.next_position()
+        } else {
+            prompt.len() + i
+        }];
         ctl.forward(m, &mut state, &Batch::causal(&[next], &pos), &mut logits)
             .map_err(engine_err)?;
         steps += 1;
@@ -295,6 +317,7 @@ pub fn run_kv_eval(
         .iter()
         .flat_map(|c| opts.dtypes.iter().map(move |d| (c, *d)));
     for ((policy, budget), dtype) in cells {
+        let reposition = opts.reposition && policy.eq_ignore_ascii_case("window");
         let kv = KvOptions {
             policy: policy.clone(),
             budget: *budget,
@@ -303,9 +326,14 @@ pub fn run_kv_eval(
                 dtype,
                 ..opts.quant
             },
+            reposition,
         };
         let mut row = KvEvalRow {
-            policy: policy.clone(),
+            policy: if reposition {
+                format!("{policy}/cache-pos")
+            } else {
+                policy.clone()
+            },
             budget: budget.map_or("-".into(), |b| b.to_string()),
             dtype: dtype.to_string(),
             ..Default::default()

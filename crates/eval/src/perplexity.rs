@@ -212,6 +212,18 @@ impl Scorer for ModelScorer<'_> {
         };
         match &mut self.kv {
             Some(kv) => {
+                // A re-positioning cache continues at its own length.
+                let moved: Vec<usize>;
+                let batch = if kv.repositions() {
+                    let p0 = self.state.cache.next_position();
+                    moved = (p0..p0 + tokens.len()).collect();
+                    Batch {
+                        positions: &moved,
+                        ..batch
+                    }
+                } else {
+                    batch
+                };
                 kv.forward(self.model, &mut self.state, &batch, &mut self.logits)
                     .map_err(|e| EvalError::Input(e.to_string()))?;
                 self.note_memory();

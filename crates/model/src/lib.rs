@@ -25,8 +25,8 @@ pub use config::{Activation, Architecture, ModelConfig, RopeStyle};
 pub use kv_cache::KvCache;
 pub use tokenizer::Tokenizer;
 pub use transformer::{
-    AttentionObserver, AttentionWeights, Batch, ForwardScratch, Kernels, LogitsFor, Model,
-    SequenceBatch, SequenceState,
+    reposition_cache, AttentionObserver, AttentionWeights, Batch, ForwardScratch, Kernels,
+    LogitsFor, Model, SequenceBatch, SequenceState,
 };
 
 /// Everything that can go wrong loading or running a model. Messages are one line.

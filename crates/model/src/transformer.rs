@@ -933,6 +933,40 @@ fn scatter_to_slots(row: &mut [f32], slots: &[u32]) {
     row[..end].fill(0.0);
 }
 
+/// Moves a cache's kept tokens to positions `0..len` inside the cache (StreamingLLM's
+/// re-positioning), re-rotating each key: RoPE at `from` followed by a rotation of
+/// `to - from` is RoPE at `to`, so a key needs no recomputation. The rotation runs in
+/// f32 on the stored keys (not re-rounded to f16, so repeated shifts do not accumulate
+/// rounding). The next token's position is then the cache length.
+pub fn reposition_cache(config: &ModelConfig, cache: &mut KvCache) -> Result<()> {
+    let hd = config.head_dim;
+    let mut angles = vec![(0f32, 0f32); hd / 2];
+    // Keys that move move by the same few distances: reuse the angles of the last one.
+    let mut last: Option<(usize, usize, bool)> = None; // (from - to or to - from, base bits, back)
+    cache.reposition(|layer, key, from, to| {
+        let base = if config.is_local_layer(layer) {
+            config.rope_base_local
+        } else {
+            config.rope_base
+        };
+        let (dist, back) = if from > to {
+            (from - to, true)
+        } else {
+            (to - from, false)
+        };
+        let id = (dist, base.to_bits() as usize, back);
+        if last != Some(id) {
+            ops::rope_angles(dist, base, hd, &mut angles);
+            if back {
+                // The inverse rotation: the same angles, negated.
+                angles.iter_mut().for_each(|a| a.1 = -a.1);
+            }
+            last = Some(id);
+        }
+        ops::apply_rope(key, hd, &angles, config.rope_style);
+    })
+}
+
 /// Reference linear layer: each weight row dequantised to f32, then f32 dot products.
 // w: [rows, cols], x: [n, cols] -> out: [n, rows]
 pub fn reference_matmul(w: &Matrix, x: &[f32], n: usize, out: &mut [f32]) {

@@ -460,6 +460,37 @@ impl KvCache {
         &self.quant
     }
 
+    /// Renumbers the logical slots' positions `0..len`: kept tokens move to positions
+    /// inside the cache (StreamingLLM's choice) instead of keeping their original ones.
+    /// `rotate(layer, key, from, to)` must turn a key rotated for position `from` into
+    /// the key rotated for `to`; it is called for every kept key whose position changes.
+    /// Quantised keys cannot be re-rotated: an error (nothing changed) when any lane
+    /// holds some.
+    pub fn reposition(
+        &mut self,
+        mut rotate: impl FnMut(usize, &mut [f32], usize, usize),
+    ) -> Result<()> {
+        if self.lanes.iter().any(|l| l.n_quant > 0) {
+            return Err(ModelError::Input(
+                "re-positioning the KV cache needs full-precision keys (kv_dtype f16)".into(),
+            ));
+        }
+        let hd = self.head_dim;
+        for (li, lane) in self.lanes.iter_mut().enumerate() {
+            let layer = li / self.n_head_kv;
+            for (e, &slot) in lane.slots.iter().enumerate() {
+                let (from, to) = (self.positions[slot as usize], slot as usize);
+                if from != to {
+                    rotate(layer, &mut lane.k[e * hd..(e + 1) * hd], from, to);
+                }
+            }
+        }
+        for (j, p) in self.positions.iter_mut().enumerate() {
+            *p = j;
+        }
+        Ok(())
+    }
+
     /// Sets how entries are stored from now on. Entries already quantised under other
     /// settings are first turned back into full-precision entries (keeping their
     /// quantisation error); call [`Self::quantize_settled`] to quantise under the new

@@ -9,6 +9,7 @@ use engine::kv::{KvDtype, KvQuant};
 use engine::{Budget, PolicyParams};
 use eval::kv_eval::{charts, csv, load_long_text, markdown_table, run_kv_eval, KvEvalOptions};
 
+use crate::cmd::kv_args::KvPositions;
 use crate::models;
 
 #[derive(clap::Args)]
@@ -71,6 +72,10 @@ pub struct Args {
     /// Attention-sink tokens of the window policy.
     #[arg(long, default_value_t = 4)]
     pub sinks: usize,
+    /// Positions of the tokens window keeps: their original ones, or re-numbered
+    /// inside the cache after each eviction (StreamingLLM).
+    #[arg(long, value_enum, default_value_t = KvPositions::Original)]
+    pub kv_positions: KvPositions,
     /// Observation window (queries) of the snapkv policy.
     #[arg(long, default_value_t = 32)]
     pub obs_window: usize,
@@ -167,6 +172,7 @@ fn run_kv(a: Args) -> Result<()> {
             .collect(),
         passkey_trials: a.trials,
         compress_after_prompt: a.compress_after_prompt,
+        reposition: a.kv_positions == KvPositions::Cache,
         seed: a.seed,
     };
     let rows = run_kv_eval(&loaded, &text_ids, &opts, |line| eprintln!("{line}"))?;

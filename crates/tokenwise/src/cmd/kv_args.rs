@@ -32,6 +32,20 @@ pub struct KvArgs {
     /// Attention-sink tokens the window policy keeps.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub kv_sinks: usize,
+    /// Positions of the tokens the window policy keeps: their original RoPE positions
+    /// (exact for what is kept), or re-numbered inside the cache after each eviction
+    /// (StreamingLLM: positions never exceed the cache size; keys are re-rotated).
+    #[arg(long, value_enum, default_value_t = KvPositions::Original)]
+    pub kv_positions: KvPositions,
+}
+
+/// Where kept tokens sit after eviction.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPositions {
+    /// Each kept token keeps the position it was computed at.
+    Original,
+    /// Kept tokens are re-numbered 0..len inside the cache (window only).
+    Cache,
 }
 
 fn parse_budget(s: &str) -> Result<Budget, String> {
@@ -71,6 +85,7 @@ impl KvArgs {
                 value_group: self.kv_group,
                 mixed_keep: self.kv_mixed_keep / 100.0,
             },
+            reposition: self.kv_positions == KvPositions::Cache,
         })
     }
 }
