@@ -26,6 +26,12 @@
 //! output is therefore identical to plain decoding for every sampler, greedy or
 //! seeded; drafts only change how many tokens one pass yields. Rejected nodes leave
 //! the cache; an [`AdaptiveBudget`] shrinks the draft when little is accepted.
+//!
+//! Prefix cache: the caches of sequences that finished normally (exact KV only) are
+//! kept, most recent last, up to [`SchedulerConfig::prefix_cache`] of them. A new
+//! request takes the one sharing the longest prefix with its prompt (at least
+//! [`MIN_PREFIX_REUSE`] tokens), cut back to that prefix, and prefills only the rest.
+//! Forward rows do not depend on how a prompt was chunked, so reuse changes no output.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -57,7 +63,13 @@ pub struct SchedulerConfig {
     pub n_ctx: usize,
     /// Prompt tokens per step, over all prefilling sequences.
     pub prefill_chunk: usize,
+    /// Finished sequences' caches kept for reuse by prompts that share a prefix
+    /// (0: no prefix cache).
+    pub prefix_cache: usize,
 }
+
+/// Shortest shared prefix worth taking a cached sequence for.
+pub const MIN_PREFIX_REUSE: usize = 16;
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
@@ -65,6 +77,7 @@ impl Default for SchedulerConfig {
             max_sequences: 4,
             n_ctx: 2048,
             prefill_chunk: 128,
+            prefix_cache: 4,
         }
     }
 }
@@ -121,6 +134,9 @@ pub struct StepStats {
     pub drafted: usize,
     /// Draft tokens accepted in this step.
     pub accepted: usize,
+    /// Prompt tokens taken from the prefix cache by sequences admitted since the last
+    /// step (not computed).
+    pub reused_tokens: usize,
     pub secs: f64,
 }
 
@@ -150,6 +166,16 @@ struct Active<'m> {
     positions: Vec<usize>,
     /// The drafter, when this sequence decodes speculatively.
     spec: Option<Speculation>,
+    /// Prompt tokens taken from the prefix cache.
+    reused: usize,
+    /// Whether the sequence ended normally (its cache may then be kept for reuse).
+    finished: bool,
+}
+
+/// A finished sequence's cache and the tokens it holds.
+struct CachedPrefix {
+    tokens: Vec<u32>,
+    state: SequenceState,
 }
 
 /// A sequence's speculative state: its drafter, adaptive budget and this step's tree.
@@ -198,6 +224,10 @@ pub struct Scheduler<'m> {
     scratch: ForwardScratch,
     work: Vec<f32>,
     next_id: SequenceId,
+    /// Finished caches, least recently finished first.
+    prefixes: Vec<CachedPrefix>,
+    /// Prompt tokens reused since the last step (reported by the next step).
+    reused_since_step: usize,
 }
 
 impl<'m> Scheduler<'m> {
@@ -216,6 +246,8 @@ impl<'m> Scheduler<'m> {
             scratch: ForwardScratch::default(),
             work: Vec::new(),
             next_id: 0,
+            prefixes: Vec::new(),
+            reused_since_step: 0,
         })
     }
 
@@ -240,6 +272,68 @@ impl<'m> Scheduler<'m> {
             .iter()
             .map(|a| a.state.cache.memory_bytes())
             .sum()
+    }
+
+    /// Bytes held by the prefix cache's kept sequences (not counted by
+    /// [`Scheduler::kv_bytes`]).
+    pub fn prefix_cache_bytes(&self) -> usize {
+        self.prefixes
+            .iter()
+            .map(|p| p.state.cache.memory_bytes())
+            .sum()
+    }
+
+    /// Drops every cached prefix.
+    pub fn clear_prefix_cache(&mut self) {
+        self.prefixes.clear();
+    }
+
+    /// A cached state sharing at least [`MIN_PREFIX_REUSE`] tokens with `prompt`
+    /// (the longest such), cut back to the shared part; at least one prompt token is
+    /// left to compute, for the logits.
+    fn take_prefix(&mut self, prompt: &[u32]) -> Option<(SequenceState, usize)> {
+        let shared = |t: &[u32]| t.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let (best, n) = self
+            .prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, shared(&p.tokens).min(prompt.len() - 1)))
+            .max_by_key(|&(i, n)| (n, i))?;
+        if n < MIN_PREFIX_REUSE {
+            return None;
+        }
+        let mut state = self.prefixes.remove(best).state;
+        state.cache.truncate(n);
+        Some((state, n))
+    }
+
+    /// Keeps an ended sequence's cache for reuse when it finished normally on the
+    /// exact cache: what it holds is the prompt and the generated tokens fed back (a
+    /// speculative sequence may hold unverified draft entries past that: only its
+    /// prompt is kept).
+    fn keep_prefix(&mut self, a: Active<'_>) {
+        if self.config.prefix_cache == 0 || !a.finished || a.kv.is_some() {
+            return;
+        }
+        let mut state = a.state;
+        let n = if a.spec.is_some() {
+            a.prompt.len()
+        } else {
+            a.history.len().saturating_sub(1)
+        }
+        .min(state.cache.len());
+        if n < MIN_PREFIX_REUSE {
+            return;
+        }
+        state.cache.truncate(n);
+        let mut tokens = a.history;
+        tokens.truncate(n);
+        // The same tokens cached twice: keep only the newer.
+        self.prefixes.retain(|p| p.tokens != tokens);
+        self.prefixes.push(CachedPrefix { tokens, state });
+        if self.prefixes.len() > self.config.prefix_cache {
+            self.prefixes.remove(0);
+        }
     }
 
     /// Checks a request without admitting it: the errors [`Scheduler::admit`] would
@@ -310,17 +404,28 @@ impl<'m> Scheduler<'m> {
         if req.params.gumbel_max {
             sampler = sampler.with_gumbel_max();
         }
+        // Only the exact cache is shared: a policy or quantisation changes entries.
+        let reuse = if kv.is_none() {
+            self.take_prefix(&req.prompt)
+        } else {
+            None
+        };
+        let (state, reused) = match reuse {
+            Some((state, n)) => (state, n),
+            None => (self.model.model.new_state(self.config.n_ctx), 0),
+        };
+        self.reused_since_step += reused;
         let id = self.next_id;
         self.next_id += 1;
         self.active.push(Active {
             id,
-            state: self.model.model.new_state(self.config.n_ctx),
+            state,
             kv,
             text: TokenText::new(&self.model.tokenizer, &req.params.stop),
             history: req.prompt.clone(),
             prompt: req.prompt,
             params: req.params,
-            prefilled: 0,
+            prefilled: reused,
             pending: None,
             sampler,
             constraint,
@@ -333,6 +438,8 @@ impl<'m> Scheduler<'m> {
             rows: Vec::new(),
             positions: Vec::new(),
             spec,
+            reused,
+            finished: false,
         });
         Ok(id)
     }
@@ -355,7 +462,10 @@ impl<'m> Scheduler<'m> {
     /// each sequence whose prompt is complete. Does nothing without active sequences.
     pub fn step(&mut self) -> StepStats {
         let start = Instant::now();
-        let mut stats = StepStats::default();
+        let mut stats = StepStats {
+            reused_tokens: std::mem::take(&mut self.reused_since_step),
+            ..StepStats::default()
+        };
         if self.active.is_empty() {
             return stats;
         }
@@ -502,7 +612,8 @@ impl<'m> Scheduler<'m> {
             }
         }
         for &k in ended.iter().rev() {
-            self.active.remove(k);
+            let a = self.active.remove(k);
+            self.keep_prefix(a);
         }
         stats.ended = ended.len();
         stats.secs = start.elapsed().as_secs_f64();
@@ -675,7 +786,7 @@ fn emit_token(
             text: std::mem::take(&mut a.shown),
             stats: GenerationStats {
                 prompt_tokens: a.prompt.len(),
-                reused_tokens: 0,
+                reused_tokens: a.reused,
                 prefill_secs: a.prefill_secs,
                 generated_tokens: index + 1,
                 decode_steps: a.decode_steps,
@@ -689,6 +800,7 @@ fn emit_token(
             generation: &generation,
             kv_bytes,
         });
+        a.finished = true;
         return Ok(false);
     }
     a.pending = Some(id);

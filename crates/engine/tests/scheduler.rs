@@ -80,6 +80,7 @@ fn concurrent_greedy_equals_sequential() {
             max_sequences: 8,
             n_ctx: 256,
             prefill_chunk: 16,
+            prefix_cache: 0,
         },
     )
     .expect("scheduler");
@@ -126,6 +127,7 @@ fn cancelled_sequences_free_their_cache_and_late_requests_join() {
             max_sequences: 3,
             n_ctx: 128,
             prefill_chunk: 64,
+            prefix_cache: 0,
         },
     )
     .expect("scheduler");
@@ -182,6 +184,7 @@ fn per_sequence_kv_policy_and_validation() {
             max_sequences: 2,
             n_ctx: 128,
             prefill_chunk: 32,
+            prefix_cache: 0,
         },
     )
     .expect("scheduler");
@@ -286,6 +289,7 @@ fn constrained_sequence_produces_valid_json() {
             max_sequences: 2,
             n_ctx: 256,
             prefill_chunk: 64,
+            prefix_cache: 0,
         },
     )
     .expect("scheduler");
@@ -374,6 +378,7 @@ fn speculative_sequences_equal_plain_decoding() {
                 max_sequences: 8,
                 n_ctx: 256,
                 prefill_chunk: 64,
+                prefix_cache: 0,
             },
         )
         .expect("scheduler");
@@ -478,4 +483,71 @@ fn speculative_requests_are_checked() {
         .expect_err("eviction and speculation do not mix");
     assert!(err.to_string().contains("exact KV"), "{err}");
     assert_eq!(sched.active(), 0);
+}
+
+/// Prefix cache: a request that starts with the tokens of a finished one (the same
+/// prompt again, or the next chat turn: prompt + answer + more) reuses that cache and
+/// gives exactly the output of a scheduler without the cache.
+#[test]
+fn prefix_cache_reuses_finished_sequences_without_changing_outputs() {
+    let m = model::load_gguf(&common::model_path(common::SMOLLM2), 2).expect("model loads");
+    let first = m
+        .tokenizer
+        .encode_prompt("You are a helpful assistant. Answer briefly and precisely.\nQuestion: What is the capital of France?\nAnswer:")
+        .expect("encodes");
+    let params = GenerationParams {
+        max_tokens: 8,
+        sampler: SamplerConfig::greedy(),
+        stop_at_eog: false,
+        ..GenerationParams::default()
+    };
+    let config = |prefix_cache| SchedulerConfig {
+        max_sequences: 2,
+        n_ctx: 256,
+        prefill_chunk: 32,
+        prefix_cache,
+    };
+    // One request at a time; (tokens, reused prompt tokens).
+    let run = |sched: &mut Scheduler<'_>, prompt: &[u32]| -> (Vec<u32>, usize) {
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let req = SequenceRequest {
+            prompt: prompt.to_vec(),
+            params: params.clone(),
+            ..SequenceRequest::default()
+        };
+        sched
+            .admit(req, sink(seen.clone(), None))
+            .expect("admitted");
+        run_all(sched);
+        let s = seen.lock().expect("lock");
+        let fin = s.finished.as_ref().expect("finished");
+        (s.ids.clone(), fin.stats.reused_tokens)
+    };
+    let mut cached = Scheduler::new(&m, config(2)).expect("scheduler");
+    let mut plain = Scheduler::new(&m, config(0)).expect("scheduler");
+
+    let (a, reused) = run(&mut cached, &first);
+    assert_eq!(reused, 0, "nothing cached yet");
+    assert!(cached.prefix_cache_bytes() > 0);
+    // The same prompt again: all but its last token come from the cache.
+    let (again, reused) = run(&mut cached, &first);
+    assert_eq!(reused, first.len() - 1);
+    assert_eq!(again, a);
+    // The next turn: prompt + answer + a follow-up.
+    let mut second = first.clone();
+    second.extend_from_slice(&a);
+    second.extend(
+        m.tokenizer
+            .encode("\nQuestion: And of Italy?\nAnswer:", false, false)
+            .expect("encodes"),
+    );
+    let (b, reused) = run(&mut cached, &second);
+    // The cache held the prompt and the answer tokens fed back (all but the last).
+    assert_eq!(reused, first.len() + a.len() - 1);
+    let (b_plain, none) = run(&mut plain, &second);
+    assert_eq!(none, 0);
+    assert_eq!(b, b_plain, "reuse changes nothing");
+    assert_eq!(plain.prefix_cache_bytes(), 0);
+    cached.clear_prefix_cache();
+    assert_eq!(cached.prefix_cache_bytes(), 0);
 }

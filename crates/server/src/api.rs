@@ -435,6 +435,7 @@ fn tokenwise_stats(g: &Generation, kv_bytes: usize) -> Value {
         "prefill_tokens_per_sec": g.stats.prefill_tokens_per_sec(),
         "decode_tokens_per_sec": g.stats.decode_tokens_per_sec(),
         "kv_bytes": kv_bytes,
+        "cached_prompt_tokens": g.stats.reused_tokens,
         "stop_reason": g.stats.stop_reason.as_str(),
     })
 }
@@ -471,6 +472,12 @@ async fn collect(
         }
     }
     let model = &ctx.state.model;
+    // Prompt tokens taken from the prefix cache (the most any choice reused).
+    let cached_tokens = choices
+        .iter()
+        .filter_map(|c| c.done.as_ref().map(|(g, _)| g.stats.reused_tokens))
+        .max()
+        .unwrap_or(0);
     let mut completion_tokens = 0;
     let mut out = Vec::new();
     let mut stats = Vec::new();
@@ -514,6 +521,7 @@ async fn collect(
             "prompt_tokens": ctx.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": ctx.prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens},
         },
         "tokenwise": stats,
     }))
@@ -530,6 +538,8 @@ struct StreamState {
     offsets: Vec<usize>,
     finished: usize,
     completion_tokens: usize,
+    /// Prompt tokens taken from the prefix cache (the most any choice reused).
+    cached_tokens: usize,
     /// Events still to send before the stream ends.
     tail: Vec<Event>,
     ended: bool,
@@ -552,6 +562,7 @@ fn sse_stream(
         offsets: vec![0; n],
         finished: 0,
         completion_tokens: 0,
+        cached_tokens: 0,
         tail: Vec::new(),
         ended: false,
     };
@@ -571,6 +582,7 @@ fn sse_stream(
             Some((i, Msg::Finished(g, kv_bytes))) => {
                 st.finished += 1;
                 st.completion_tokens += g.tokens.len();
+                st.cached_tokens = st.cached_tokens.max(g.stats.reused_tokens);
                 let chunk = finish_chunk(&mut st, i, &g, kv_bytes);
                 if st.finished == st.ctx.n {
                     st.ended = true;
@@ -645,6 +657,7 @@ fn usage_chunk(st: &StreamState) -> Event {
         "prompt_tokens": st.ctx.prompt_tokens,
         "completion_tokens": st.completion_tokens,
         "total_tokens": st.ctx.prompt_tokens + st.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": st.cached_tokens},
     });
     Event::default().data(chunk.to_string())
 }

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub max_queue: usize,
     /// Prompt tokens per batched step (chunked prefill).
     pub prefill_chunk: usize,
+    /// Finished sequences' caches kept for prompts that share their prefix (0: off).
+    pub prefix_cache: usize,
     /// Require `Authorization: Bearer KEY` on the API.
     pub api_key: Option<String>,
     /// Largest request body in bytes.
@@ -55,6 +57,7 @@ impl Default for ServerConfig {
             n_ctx: 2048,
             max_queue: 64,
             prefill_chunk: 128,
+            prefix_cache: 4,
             api_key: None,
             max_body_bytes: 4 << 20,
         }
@@ -79,6 +82,7 @@ impl AppState {
                 max_sequences: config.parallel,
                 n_ctx: config.n_ctx,
                 prefill_chunk: config.prefill_chunk,
+                prefix_cache: config.prefix_cache,
             },
             config.max_queue,
         )?;

@@ -16,6 +16,10 @@ pub struct Metrics {
     pub queue_depth: AtomicUsize,
     pub active_sequences: AtomicUsize,
     pub kv_bytes: AtomicUsize,
+    /// Prompt tokens taken from the prefix cache instead of computed.
+    pub cached_prompt_tokens: AtomicU64,
+    /// Bytes held by the prefix cache's kept sequences.
+    pub prefix_cache_bytes: AtomicUsize,
     /// Draft tokens verified and accepted (speculative requests).
     pub drafted_tokens: AtomicU64,
     pub accepted_tokens: AtomicU64,
@@ -31,6 +35,8 @@ impl Metrics {
             .fetch_add(stats.prompt_tokens as u64, Relaxed);
         self.generated_tokens
             .fetch_add(stats.generated_tokens as u64, Relaxed);
+        self.cached_prompt_tokens
+            .fetch_add(stats.reused_tokens as u64, Relaxed);
         self.drafted_tokens.fetch_add(stats.drafted as u64, Relaxed);
         self.accepted_tokens
             .fetch_add(stats.accepted as u64, Relaxed);
@@ -116,6 +122,18 @@ impl Metrics {
             "gauge",
             "Bytes of keys and values held by active sequences (measured from the caches).",
             g(&self.kv_bytes),
+        );
+        put(
+            "prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens taken from the prefix cache (not computed).",
+            c(&self.cached_prompt_tokens),
+        );
+        put(
+            "prefix_cache_bytes",
+            "gauge",
+            "Bytes of keys and values kept by the prefix cache for later requests.",
+            g(&self.prefix_cache_bytes),
         );
         put(
             "speculative_drafted_tokens_total",

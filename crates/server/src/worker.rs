@@ -220,5 +220,8 @@ fn run(
         metrics.queue_depth.store(queue.len(), SeqCst);
         let stats = sched.step();
         metrics.record_step(&stats, sched.active(), sched.kv_bytes());
+        metrics
+            .prefix_cache_bytes
+            .store(sched.prefix_cache_bytes(), SeqCst);
     }
 }

@@ -323,6 +323,35 @@ async fn openai_shapes() {
     assert!(s.metric("speculative_drafted_tokens_total").await > 0.0);
     assert!(s.metric("speculative_accepted_tokens_total").await > 0.0);
 
+    // Prefix cache: the same long prompt again is served from the finished sequence's
+    // cache (usage.prompt_tokens_details.cached_tokens), with the same output.
+    let prompt = "Summarise in one line: ".to_string()
+        + &"the river runs to the sea and the sea returns the rain; ".repeat(4);
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (st, r) = s
+            .post(
+                "/v1/completions",
+                json!({"prompt": prompt, "max_tokens": 6, "temperature": 0}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+        seen.push((
+            r["choices"][0]["text"].clone(),
+            r["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .expect("cached_tokens"),
+            r["usage"]["prompt_tokens"].as_u64().expect("prompt_tokens"),
+        ));
+    }
+    assert_eq!(seen[0].0, seen[1].0);
+    assert_eq!(
+        seen[1].1,
+        seen[1].2 - 1,
+        "all but the last prompt token cached: {seen:?}"
+    );
+    assert!(s.metric("prompt_tokens_cached_total").await >= seen[1].1 as f64);
+
     s.stop().await;
 }
 

@@ -27,6 +27,10 @@ pub struct Args {
     /// by at most one chunk.
     #[arg(long, default_value_t = 128)]
     pub prefill_chunk: usize,
+    /// Finished sequences whose caches are kept for requests that start with the same
+    /// tokens (a shared system prompt, the next turn of a chat); 0 turns it off.
+    #[arg(long, default_value_t = 4)]
+    pub prefix_cache: usize,
     /// Require `Authorization: Bearer KEY` on the API (also read from
     /// TOKENWISE_API_KEY).
     #[arg(long, env = "TOKENWISE_API_KEY", hide_env_values = true)]
@@ -62,6 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         n_ctx,
         max_queue: a.max_queue,
         prefill_chunk: a.prefill_chunk,
+        prefix_cache: a.prefix_cache,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         ..server::ServerConfig::default()
     };
