@@ -103,13 +103,22 @@ pub struct DetectionPair {
     pub machine_tokens: usize,
     pub human_criterion: f64,
     pub machine_criterion: f64,
+    /// Lastde and Lastde++ of each passage (`crate::lastde`).
+    pub human_lastde: f64,
+    pub machine_lastde: f64,
+    pub human_lastde_pp: f64,
+    pub machine_lastde_pp: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetectionReport {
     pub pairs: Vec<DetectionPair>,
-    /// Probability that a machine passage scores above a human one.
+    /// Probability that a machine passage scores above a human one (Fast-DetectGPT).
     pub auroc: f64,
+    /// The same for Lastde and Lastde++ (passages where a score is undefined, e.g.
+    /// too short for the scales, are left out).
+    pub auroc_lastde: f64,
+    pub auroc_lastde_pp: f64,
     pub seconds: f64,
 }
 
@@ -200,13 +209,28 @@ pub fn detection_eval(
             machine_tokens: machine.n_text_tokens,
             human_criterion: human.discrepancy.criterion(),
             machine_criterion: machine.discrepancy.criterion(),
+            human_lastde: human.lastde,
+            machine_lastde: machine.lastde,
+            human_lastde_pp: human.lastde_pp,
+            machine_lastde_pp: machine.lastde_pp,
         });
         progress(i + 1, opts.n);
     }
     let pos: Vec<f64> = pairs.iter().map(|p| p.machine_criterion).collect();
     let neg: Vec<f64> = pairs.iter().map(|p| p.human_criterion).collect();
+    let finite = |v: Vec<f64>| -> Vec<f64> { v.into_iter().filter(|x| x.is_finite()).collect() };
+    let auroc_of = |m: fn(&DetectionPair) -> f64, h: fn(&DetectionPair) -> f64| {
+        auroc(
+            &finite(pairs.iter().map(m).collect()),
+            &finite(pairs.iter().map(h).collect()),
+        )
+    };
+    let auroc_lastde = auroc_of(|p| p.machine_lastde, |p| p.human_lastde)?;
+    let auroc_lastde_pp = auroc_of(|p| p.machine_lastde_pp, |p| p.human_lastde_pp)?;
     Ok(DetectionReport {
         auroc: auroc(&pos, &neg)?,
+        auroc_lastde,
+        auroc_lastde_pp,
         pairs,
         seconds: start.elapsed().as_secs_f64(),
     })

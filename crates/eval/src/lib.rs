@@ -22,6 +22,7 @@ pub mod bench;
 pub mod constrained;
 pub mod detect;
 pub mod kv_eval;
+pub mod lastde;
 pub mod llama_bench;
 pub mod perplexity;
 pub mod plot;

@@ -12,6 +12,7 @@
 use model::LoadedModel;
 use sample::{token_report, TokenReport};
 
+use crate::lastde::{lastde, lastde_pp, sample_logprobs, LastdeConfig};
 use crate::perplexity::{prepare_text, Scorer};
 use crate::{EvalError, Result};
 
@@ -78,6 +79,12 @@ pub struct ScoreReport {
     /// Total NLL in bits over the scored tokens' bytes.
     pub bits_per_byte: f64,
     pub discrepancy: SamplingDiscrepancy,
+    /// Lastde: mean log-probability over the std of the multiscale diversity entropy of
+    /// the log-probability sequence (`crate::lastde`, default settings).
+    pub lastde: f64,
+    /// Lastde++: Lastde standardised against sequences sampled from the model's own
+    /// distributions at each position.
+    pub lastde_pp: f64,
     pub seconds: f64,
 }
 
@@ -141,6 +148,12 @@ pub fn score_tokens(
     let mut entropy = 0.0f64;
     let mut bytes = 0usize;
     let mut discrepancy = SamplingDiscrepancy::default();
+    // Lastde: the observed log-probabilities and, per sample, those of drawn tokens.
+    let lastde_cfg = LastdeConfig::default();
+    let mut observed: Vec<f64> = Vec::with_capacity(n_scored);
+    let mut sampled: Vec<Vec<f64>> = vec![Vec::with_capacity(n_scored); lastde_cfg.samples];
+    let (mut log_softmax, mut draws, mut uniforms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rng = SplitMix64(0x1a57_de00);
     let mut n_windows = 0;
     let mut window: Vec<u32> = Vec::with_capacity(ctx);
     let mut positions: Vec<usize> = Vec::with_capacity(ctx);
@@ -178,7 +191,16 @@ pub fn score_tokens(
         for (k, &r) in rows.iter().enumerate() {
             let index = begin + r + 1;
             let target = tokens[index];
-            let report = token_report(&logits[k * vocab..(k + 1) * vocab], target, top_k);
+            let row = &logits[k * vocab..(k + 1) * vocab];
+            let report = token_report(row, target, top_k);
+            observed.push(f64::from(report.logprob));
+            log_softmax_into(row, &mut log_softmax);
+            uniforms.clear();
+            uniforms.extend((0..lastde_cfg.samples).map(|_| rng.next_f64()));
+            sample_logprobs(&log_softmax, &uniforms, &mut draws);
+            for (seq, &d) in sampled.iter_mut().zip(&draws) {
+                seq.push(d);
+            }
             nll -= f64::from(report.logprob);
             entropy += f64::from(report.entropy);
             bytes += token_bytes(target);
@@ -209,8 +231,34 @@ pub fn score_tokens(
             f64::NAN
         },
         discrepancy,
+        lastde: lastde(&observed, &lastde_cfg),
+        lastde_pp: lastde_pp(&observed, &sampled, &lastde_cfg),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// `out = log_softmax(logits)` in f32.
+fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    out.clear();
+    out.extend(logits.iter().map(|&l| l - lse));
+}
+
+/// A small deterministic generator for Lastde++'s draws (the same text always gets
+/// the same samples).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_f64(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 /// Area under the ROC curve of a score that should be larger for `positives` than for

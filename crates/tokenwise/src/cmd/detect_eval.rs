@@ -102,6 +102,10 @@ pub fn run(a: Args) -> Result<()> {
                 "machine_tokens": p.machine_tokens,
                 "human_criterion": p.human_criterion,
                 "machine_criterion": p.machine_criterion,
+                "human_lastde": finite(p.human_lastde),
+                "machine_lastde": finite(p.machine_lastde),
+                "human_lastde_pp": finite(p.human_lastde_pp),
+                "machine_lastde_pp": finite(p.machine_lastde_pp),
             });
             writeln!(f, "{rec}")?;
         }
@@ -130,12 +134,14 @@ pub fn run(a: Args) -> Result<()> {
         sampler.temperature, sampler.top_k, sampler.top_p, sampler.min_p, sampler.seed
     );
     let table = format!(
-        "| model | passages | human criterion (mean ± sd) | machine criterion (mean ± sd) | AUROC |\n\
-         |---|---:|---:|---:|---:|\n\
-         | {model_name} | {} + {} | {hm:.2} ± {hs:.2} | {mm:.2} ± {ms:.2} | {:.3} |\n",
+        "| model | passages | human criterion (mean ± sd) | machine criterion (mean ± sd) | AUROC Fast-DetectGPT | AUROC Lastde | AUROC Lastde++ |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         | {model_name} | {} + {} | {hm:.2} ± {hs:.2} | {mm:.2} ± {ms:.2} | {:.3} | {:.3} | {:.3} |\n",
         r.pairs.len(),
         r.pairs.len(),
-        r.auroc
+        r.auroc,
+        r.auroc_lastde,
+        r.auroc_lastde_pp
     );
     println!("{table}");
     println!(
@@ -178,4 +184,13 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("appended to {}", md.display());
     }
     Ok(())
+}
+
+/// JSON has no NaN: undefined scores are written as null.
+fn finite(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
 }
