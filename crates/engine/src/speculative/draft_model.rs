@@ -17,8 +17,10 @@
 //!    (the nodes the draft had evaluated) and drops every other node, so it again
 //!    equals plain decoding of the committed tokens.
 
-use model::{Batch, LoadedModel, LogitsFor};
-use spec::{top_probs, GrowConfig, TokenTree, TreeGrower};
+use model::LoadedModel;
+use spec::{GrowConfig, TokenTree};
+
+use super::grow::ModelGrow;
 
 use crate::{EngineError, Result, Session};
 
@@ -58,39 +60,24 @@ pub(crate) struct DraftModel<'d> {
     model: &'d LoadedModel,
     /// Created at the first use, with the target session's context size.
     session: Option<Session<'d>>,
-    grower: TreeGrower,
-    /// Draft-cache slot of each node of the current tree (`usize::MAX`: never
-    /// evaluated); the root's is the last context slot.
-    slots: Vec<usize>,
+    /// The tree grower; knows each draft node's slot in the draft cache.
+    grow: ModelGrow,
     /// The root's slot while a draft awaits [`observe`](Self::observe): the cache
     /// then holds tree nodes past the context.
     open: Option<usize>,
     /// Draft-model forward passes over tree nodes (the context syncs not counted).
     pub(crate) forwards: usize,
-    // Scratch, reused across steps.
-    nodes: Vec<usize>,
-    tokens: Vec<u32>,
-    positions: Vec<usize>,
-    mask: Vec<bool>,
-    top: Vec<(u32, f32)>,
     keep: Vec<usize>,
 }
 
 impl<'d> DraftModel<'d> {
     pub(crate) fn new(model: &'d LoadedModel, grow: GrowConfig) -> Result<DraftModel<'d>> {
-        grow.validate().map_err(EngineError::Invalid)?;
         Ok(DraftModel {
             model,
             session: None,
-            grower: TreeGrower::new(grow),
-            slots: Vec::new(),
+            grow: ModelGrow::new(grow)?,
             open: None,
             forwards: 0,
-            nodes: Vec::new(),
-            tokens: Vec::new(),
-            positions: Vec::new(),
-            mask: Vec::new(),
-            top: Vec::new(),
             keep: Vec::new(),
         })
     }
@@ -154,68 +141,23 @@ impl<'d> DraftModel<'d> {
         max_depth: usize,
     ) -> Result<()> {
         self.sync(context, n_ctx)?;
-        let DraftModel {
-            model,
-            session,
-            grower,
-            slots,
-            open,
-            forwards,
-            nodes,
-            tokens,
-            positions,
-            mask,
-            top,
-            ..
-        } = self;
-        let Some(session) = session.as_mut() else {
+        let Some(session) = self.session.as_mut() else {
             unreachable!("sync creates the draft session");
         };
         let (_, state, _, logits) = session.parts_mut();
-        let vocab = model.model.config.vocab_size;
-        let branch = grower.config().branch;
         let root_slot = state.cache.len() - 1;
         let root_pos = state.cache.positions()[root_slot];
-        slots.clear();
-        slots.push(root_slot);
-        grower.begin(tree);
-        top_probs(logits, branch, top);
-        grower.offer(0, top);
-        *open = Some(root_slot);
-        loop {
-            let new = grower.grow(tree, budget, max_depth);
-            slots.resize(tree.len(), usize::MAX);
-            if new.is_empty() || tree.n_draft() >= budget {
-                break;
-            }
-            // Evaluate the new nodes whose children could still be drafted.
-            nodes.clear();
-            nodes.extend(new.filter(|&n| grower.wants_eval(tree, n, max_depth)));
-            if nodes.is_empty() {
-                continue;
-            }
-            let first = state.cache.len();
-            for (j, &n) in nodes.iter().enumerate() {
-                slots[n] = first + j;
-            }
-            tree.mask_rows(nodes, slots, first + nodes.len(), mask);
-            tokens.clear();
-            tokens.extend(nodes.iter().map(|&n| tree.token(n)));
-            positions.clear();
-            positions.extend(nodes.iter().map(|&n| root_pos + tree.depth(n)));
-            let batch = Batch {
-                tokens,
-                positions,
-                mask: Some(mask),
-                logits: LogitsFor::All,
-            };
-            let out = model.model.forward(state, &batch, None)?;
-            *forwards += 1;
-            for (j, &n) in nodes.iter().enumerate() {
-                top_probs(&out[j * vocab..(j + 1) * vocab], branch, top);
-                grower.offer(n, top);
-            }
-        }
+        self.grow.begin(tree, root_slot, logits);
+        self.open = Some(root_slot);
+        self.forwards += self.grow.grow(
+            &self.model.model,
+            None,
+            state,
+            tree,
+            budget,
+            max_depth,
+            root_pos,
+        )?;
         Ok(())
     }
 
@@ -235,7 +177,7 @@ impl<'d> DraftModel<'d> {
         // A path's evaluated nodes are a prefix of it (children come from evaluated
         // parents), and their slots increase along it.
         for &node in accepted.iter().skip(1) {
-            let slot = self.slots[node];
+            let slot = self.grow.slot(node);
             if slot == usize::MAX {
                 break;
             }

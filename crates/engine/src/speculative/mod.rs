@@ -13,7 +13,8 @@
 //!
 //! Drafters: `lookup` and `recycle` need no model (the `spec` crate); `draft` runs a
 //! smaller model with the same tokenizer, which keeps its own cache in sync with the
-//! accepted tokens ([`draft_model`]).
+//! accepted tokens ([`draft_model`]); `skip` runs the target itself with some layers
+//! skipped, on the target's cache, which it leaves as it found it ([`skip`]).
 
 use std::ops::ControlFlow;
 use std::str::FromStr;
@@ -28,9 +29,13 @@ use spec::{
 };
 
 mod draft_model;
+mod grow;
+pub mod skip;
 
 pub use draft_model::check_same_vocabulary;
 use draft_model::DraftModel;
+use skip::SkipDrafter;
+pub use skip::{SkipConfig, SkipPlan};
 
 use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
 use crate::stop::TokenText;
@@ -45,13 +50,16 @@ pub enum SpeculativeMethod {
     Recycle,
     /// A smaller model sharing the target's tokenizer ([`Speculator::with_draft_model`]).
     Draft,
+    /// The target with some layers skipped ([`Speculator::with_skip_layers`]).
+    Skip,
 }
 
 impl SpeculativeMethod {
-    pub const ALL: [SpeculativeMethod; 3] = [
+    pub const ALL: [SpeculativeMethod; 4] = [
         SpeculativeMethod::Lookup,
         SpeculativeMethod::Recycle,
         SpeculativeMethod::Draft,
+        SpeculativeMethod::Skip,
     ];
 
     /// The drafters that need no second model ([`Speculator::new`] builds them).
@@ -63,12 +71,19 @@ impl SpeculativeMethod {
             SpeculativeMethod::Lookup => "lookup",
             SpeculativeMethod::Recycle => "recycle",
             SpeculativeMethod::Draft => "draft",
+            SpeculativeMethod::Skip => "skip",
         }
     }
 
     /// Whether this drafter runs a draft model.
     pub fn needs_draft_model(self) -> bool {
         self == SpeculativeMethod::Draft
+    }
+
+    /// Whether this drafter runs a model (a draft model, or the target skipping
+    /// layers): it grows its draft by the model's confidence (`p_min`, trees).
+    pub fn runs_model(self) -> bool {
+        matches!(self, SpeculativeMethod::Draft | SpeculativeMethod::Skip)
     }
 }
 
@@ -86,8 +101,9 @@ impl FromStr for SpeculativeMethod {
             "lookup" => Ok(SpeculativeMethod::Lookup),
             "recycle" => Ok(SpeculativeMethod::Recycle),
             "draft" => Ok(SpeculativeMethod::Draft),
+            "skip" => Ok(SpeculativeMethod::Skip),
             _ => Err(EngineError::Invalid(format!(
-                "unknown speculative method {s:?} (expected lookup, recycle or draft)"
+                "unknown speculative method {s:?} (expected lookup, recycle, draft or skip)"
             ))),
         }
     }
@@ -110,7 +126,10 @@ pub struct SpeculativeConfig {
     pub probe_after: usize,
     pub lookup: LookupConfig,
     pub recycle: RecycleConfig,
+    /// How `draft` and `skip` grow their drafts.
     pub draft: DraftModelConfig,
+    /// Which layers `skip` skips.
+    pub skip: SkipConfig,
 }
 
 /// How the `draft` drafter grows its draft from the draft model's distributions.
@@ -165,6 +184,7 @@ impl SpeculativeConfig {
             lookup: LookupConfig::default(),
             recycle: RecycleConfig::default(),
             draft: DraftModelConfig::default(),
+            skip: SkipConfig::default(),
         }
     }
 
@@ -177,12 +197,16 @@ impl SpeculativeConfig {
             SpeculativeMethod::Lookup => self.lookup.validate(),
             SpeculativeMethod::Recycle => self.recycle.validate(),
             SpeculativeMethod::Draft => self.draft.grow_config().validate(),
+            SpeculativeMethod::Skip => {
+                self.skip.validate()?;
+                self.draft.grow_config().validate()
+            }
         }
         .map_err(EngineError::Invalid)
     }
 
     fn adaptive_config(&self) -> AdaptiveConfig {
-        let draft_model = self.method.needs_draft_model();
+        let draft_model = self.method.runs_model();
         AdaptiveConfig {
             max_budget: if draft_model && self.draft.tree_nodes > 0 {
                 self.draft.tree_nodes
@@ -207,6 +231,8 @@ enum Source<'d> {
     Free(Box<dyn Drafter + Send>),
     /// A draft model with its own cache.
     Model(Box<DraftModel<'d>>),
+    /// The target skipping layers, on the target's cache.
+    Skip(Box<SkipDrafter>),
 }
 
 /// A drafter and its adaptive budget. Keep one across calls: Token Recycling's
@@ -233,8 +259,48 @@ impl Speculator<'static> {
                     "the draft drafter needs a draft model (--draft-model)".into(),
                 ))
             }
+            SpeculativeMethod::Skip => {
+                return Err(EngineError::Invalid(
+                    "the skip drafter needs the target model (Speculator::with_skip_layers)".into(),
+                ))
+            }
         };
         Ok(Speculator::with_source(config, Source::Free(drafter)))
+    }
+
+    /// The `skip` drafter for `target`: the layers of `config.skip.layers`, or, when
+    /// none are given, those [`skip::calibrate`] chooses on the built-in text
+    /// ([`skip::CALIBRATION_TEXT`]). [`Speculator::skip_plan`] tells which.
+    pub fn with_skip_layers(
+        config: &SpeculativeConfig,
+        target: &LoadedModel,
+    ) -> Result<Speculator<'static>> {
+        config.validate()?;
+        let n_layer = target.model.config.n_layer;
+        let plan = match &config.skip.layers {
+            Some(layers) => SkipPlan::given(layers, n_layer)?,
+            None => skip::calibrate(target, &skip::calibration_tokens(target)?, &config.skip)?,
+        };
+        Speculator::with_skip_plan(config, plan)
+    }
+
+    /// The `skip` drafter with a plan already made (e.g. calibrated once and reused).
+    pub fn with_skip_plan(
+        config: &SpeculativeConfig,
+        plan: SkipPlan,
+    ) -> Result<Speculator<'static>> {
+        config.validate()?;
+        if config.method != SpeculativeMethod::Skip {
+            return Err(EngineError::Invalid(format!(
+                "a layer-skip plan is only used by the skip drafter, not by {}",
+                config.method
+            )));
+        }
+        let drafter = SkipDrafter::new(plan, config.draft.grow_config())?;
+        Ok(Speculator::with_source(
+            config,
+            Source::Skip(Box::new(drafter)),
+        ))
     }
 }
 
@@ -273,7 +339,7 @@ impl<'d> Speculator<'d> {
     pub fn draft_session(&self) -> Option<&Session<'d>> {
         match &self.source {
             Source::Model(d) => d.session(),
-            Source::Free(_) => None,
+            Source::Free(_) | Source::Skip(_) => None,
         }
     }
 
@@ -283,7 +349,15 @@ impl<'d> Speculator<'d> {
     pub fn draft_session_mut(&mut self) -> Option<&mut Session<'d>> {
         match &mut self.source {
             Source::Model(d) => d.session_mut(),
-            Source::Free(_) => None,
+            Source::Free(_) | Source::Skip(_) => None,
+        }
+    }
+
+    /// The layers `skip` skips and how they were chosen.
+    pub fn skip_plan(&self) -> Option<&SkipPlan> {
+        match &self.source {
+            Source::Skip(d) => Some(d.plan()),
+            _ => None,
         }
     }
 
@@ -306,6 +380,8 @@ impl<'d> Speculator<'d> {
         match &self.source {
             Source::Free(d) => d.memory_bytes(),
             Source::Model(d) => d.memory_bytes(),
+            // Draft entries live in the target's cache only while drafting.
+            Source::Skip(_) => 0,
         }
     }
 }
@@ -323,8 +399,9 @@ pub struct SpeculativeStats {
     pub accepted: usize,
     /// Seconds spent in the drafter (proposing and observing), part of `decode_secs`.
     pub draft_secs: f64,
-    /// Forward passes of the draft model over draft nodes (`draft` only; the passes
-    /// that catch its cache up with the accepted tokens are not counted).
+    /// Forward passes of the draft model over draft nodes (`draft`: the passes that
+    /// catch its cache up with the accepted tokens are not counted; `skip`: the
+    /// skip-model passes, the root's included).
     pub draft_forwards: usize,
     /// The budget at the end (0: adaptivity fell back to plain decoding).
     pub final_budget: usize,
@@ -443,8 +520,10 @@ impl<'m> Session<'m> {
     ) -> Result<SpeculativeGeneration> {
         params.sampler.validate()?;
         check_plain_greedy(params)?;
-        if let Source::Model(d) = &spec.source {
-            check_same_vocabulary(self.model(), d.model())?;
+        match &spec.source {
+            Source::Model(d) => check_same_vocabulary(self.model(), d.model())?,
+            Source::Skip(d) => d.check_model(&self.model().model)?,
+            Source::Free(_) => {}
         }
         let n_ctx = self.n_ctx();
         let t_prefill = Instant::now();
@@ -455,6 +534,7 @@ impl<'m> Session<'m> {
                 d.sync(prompt, n_ctx)?;
                 d.forwards
             }
+            Source::Skip(d) => d.forwards,
             Source::Free(_) => 0,
         };
         let prefill_secs = t_prefill.elapsed().as_secs_f64();
@@ -512,12 +592,16 @@ impl<'m> Session<'m> {
                         Source::Model(d) => {
                             d.propose(&history, n_ctx, &mut tree, budget, max_depth)?
                         }
+                        Source::Skip(d) => {
+                            d.propose(&loaded.model, state, &mut tree, budget, max_depth)?
+                        }
                     }
                 }
                 let step_draft_secs = t_draft.elapsed().as_secs_f64();
                 stats.draft_secs += step_draft_secs;
                 // A draft model spends its time even when it proposes nothing.
-                let model_drafted = drafting && matches!(spec.source, Source::Model(_));
+                let model_drafted =
+                    drafting && matches!(spec.source, Source::Model(_) | Source::Skip(_));
 
                 // Verify the whole tree in one pass: node i at position base + depth,
                 // seeing the prefix and its ancestors.
@@ -561,6 +645,8 @@ impl<'m> Session<'m> {
                 match &mut spec.source {
                     Source::Free(d) => d.observe(&tree, &rows, vocab, &verdict.accepted),
                     Source::Model(d) => d.observe(&tree, &verdict.accepted),
+                    // Its entries were dropped before verification.
+                    Source::Skip(_) => {}
                 }
                 // A draft-model pass that proposed nothing cost about a draft token
                 // and gained nothing: the budget must see it, or an unsure draft
@@ -607,8 +693,10 @@ impl<'m> Session<'m> {
             }
         }
         let decode = start.elapsed().saturating_sub(em.callback);
-        if let Source::Model(d) = &spec.source {
-            stats.draft_forwards = d.forwards - forwards_before;
+        match &spec.source {
+            Source::Model(d) => stats.draft_forwards = d.forwards - forwards_before,
+            Source::Skip(d) => stats.draft_forwards = d.forwards - forwards_before,
+            Source::Free(_) => {}
         }
         stats.final_budget = spec.budget.budget();
         stats.cost_per_token = spec.budget.cost_per_token();

@@ -10,6 +10,9 @@
 //! (the prompt's cache is reused, the decode is timed alone), and each drafter's
 //! tokens are checked against plain decoding: a mismatch is an error.
 //!
+//! `skip` drafts with the model itself skipping `--skip-layers`, or the layers a
+//! calibration at start chooses (once for the whole run; printed on stderr).
+//!
 //! `draft` runs `--draft-model` as a chain or a tree as `--draft-tree-nodes` says;
 //! `draft-chain` and `draft-tree` force one shape (the tree with
 //! `--draft-tree-nodes`, or 16 nodes when that is 0), so both compare in one run.
@@ -38,7 +41,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "code,copy,chat")]
     pub sets: Vec<String>,
     /// Drafters compared with plain decoding, comma-separated: lookup, recycle, draft,
-    /// draft-chain, draft-tree (the draft ones need --draft-model).
+    /// draft-chain, draft-tree (the draft ones need --draft-model), skip (layer
+    /// skipping: --skip-layers or calibrated).
     #[arg(long, value_delimiter = ',', default_value = "lookup,recycle")]
     pub methods: Vec<String>,
     /// Prompts per set (spread evenly over the source).
@@ -96,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--prompts, --n-gen and --threads must be at least 1");
     }
     // (label, config) of each drafter.
-    let (methods, configs): (Vec<String>, Vec<SpeculativeConfig>) = a
+    let (methods, mut configs): (Vec<String>, Vec<SpeculativeConfig>) = a
         .methods
         .iter()
         .map(|m| {
@@ -114,6 +118,17 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         None
     };
+    // `skip` calibrates once, not once per set.
+    let mut skip_note = String::new();
+    for c in configs.iter_mut() {
+        if c.method == SpeculativeMethod::Skip {
+            let s = speculator(c, &loaded, None, false)?;
+            if let Some(plan) = s.skip_plan() {
+                skip_note = format!(" | skip: {}", plan.layers_arg());
+                c.skip.layers = Some(plan.skipped.clone());
+            }
+        }
+    }
     let sets: Vec<(String, Vec<Vec<u32>>)> = a
         .sets
         .iter()
@@ -140,7 +155,7 @@ pub fn run(a: Args) -> Result<()> {
         // One speculator per set: Token Recycling warms up over the set's prompts.
         let mut specs = configs
             .iter()
-            .map(|c| speculator(c, draft_model.as_ref()))
+            .map(|c| speculator(c, &loaded, draft_model.as_ref(), true))
             .collect::<Result<Vec<_>>>()?;
         for (i, ids) in prompts.iter().enumerate() {
             spinner.set_message(format!("{set}: prompt {}/{}", i + 1, prompts.len()));
@@ -189,7 +204,7 @@ pub fn run(a: Args) -> Result<()> {
         _ => String::new(),
     };
     println!(
-        "model: {}{draft_note} | {} threads | {} tokens per prompt | greedy",
+        "model: {}{draft_note}{skip_note} | {} threads | {} tokens per prompt | greedy",
         path.display(),
         a.threads,
         a.n_gen
@@ -238,7 +253,7 @@ fn method_config(label: &str, draft: &DraftArgs) -> Result<SpeculativeConfig> {
             Ok(m) => (m, None),
             Err(_) => bail!(
                 "--methods: unknown drafter {label:?} (lookup, recycle, draft, draft-chain, \
-                 draft-tree)"
+                 draft-tree, skip)"
             ),
         },
     };

@@ -371,7 +371,8 @@ pub fn run(a: Args) -> Result<()> {
     };
     let generation = match &speculative {
         Some(c) => {
-            let mut speculator = crate::cmd::speculative::speculator(c, draft_model.as_ref())?;
+            let mut speculator =
+                crate::cmd::speculative::speculator(c, &loaded, draft_model.as_ref(), a.quiet)?;
             let g = session.generate_speculative(&prompt, &params, &mut speculator, on_token)?;
             if !a.quiet {
                 let st = &g.spec;
@@ -382,7 +383,7 @@ pub fn run(a: Args) -> Result<()> {
                     st.drafted,
                     st.accepted,
                     st.mean_accepted_length(),
-                    if c.method.needs_draft_model() {
+                    if c.method.runs_model() {
                         format!(", {} draft-model passes", st.draft_forwards)
                     } else {
                         String::new()

@@ -2,6 +2,7 @@
 //! arguments) and `bench spec`.
 
 use anyhow::{bail, Context, Result};
+use engine::speculative::SkipConfig;
 use engine::{DraftModelConfig, SpeculativeConfig, SpeculativeMethod, Speculator};
 use model::LoadedModel;
 
@@ -11,8 +12,9 @@ use crate::models;
 pub struct SpeculativeArgs {
     /// Lossless speculative decoding (greedy only): none, lookup (prompt lookup: copy
     /// what followed the last n-gram earlier in the text), recycle (Token Recycling:
-    /// the model's own runners-up from earlier steps) or draft (a smaller model with
-    /// the same tokenizer, --draft-model). The output is unchanged.
+    /// the model's own runners-up from earlier steps), draft (a smaller model with
+    /// the same tokenizer, --draft-model) or skip (the model itself with some layers
+    /// skipped, --skip-layers or calibrated at start). The output is unchanged.
     #[arg(long, value_name = "METHOD", default_value = "none")]
     pub speculative: String,
     #[command(flatten)]
@@ -47,11 +49,11 @@ pub struct DraftArgs {
     /// qwen2.5-coder-0.5b for qwen2.5-coder-1.5b).
     #[arg(long, value_name = "MODEL")]
     pub draft_model: Option<String>,
-    /// draft: stop a chain when the draft model's top-1 probability falls below P
+    /// draft, skip: stop a chain when the draft's top-1 probability falls below P
     /// (its own confidence as the SpecDec++ stopping rule).
     #[arg(long, value_name = "P", default_value_t = DraftModelConfig::default().p_min)]
     pub draft_p_min: f32,
-    /// draft: grow a token tree of at most N nodes (DySpec: greedily by the draft
+    /// draft, skip: grow a token tree of at most N nodes (DySpec: greedily by the draft
     /// probability of each path) instead of a chain; 0 = chain.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub draft_tree_nodes: usize,
@@ -62,6 +64,18 @@ pub struct DraftArgs {
     /// draft tree: nodes added per draft-model pass.
     #[arg(long, value_name = "N", default_value_t = DraftModelConfig::default().tree_width)]
     pub draft_tree_width: usize,
+    /// skip: the layers the draft skips, 0-based and comma-separated (e.g. 3,5,7);
+    /// default: chosen on a built-in calibration text at start (printed on stderr,
+    /// to pass here next time).
+    #[arg(long, value_name = "LAYERS", value_delimiter = ',')]
+    pub skip_layers: Option<Vec<usize>>,
+    /// skip calibration: skip at most this share of the layers.
+    #[arg(long, value_name = "R", default_value_t = SkipConfig::default().max_ratio)]
+    pub skip_ratio: f32,
+    /// skip calibration: stop dropping layers when the draft's first token would
+    /// agree with the model's on less than this share of the calibration text.
+    #[arg(long, value_name = "A", default_value_t = SkipConfig::default().min_agreement)]
+    pub skip_min_agreement: f32,
 }
 
 impl SpeculativeArgs {
@@ -75,7 +89,7 @@ impl SpeculativeArgs {
         let method: SpeculativeMethod = match name.parse() {
             Ok(m) => m,
             Err(_) => bail!(
-                "--speculative {:?}: expected none, lookup, recycle or draft",
+                "--speculative {:?}: expected none, lookup, recycle, draft or skip",
                 self.speculative
             ),
         };
@@ -109,6 +123,12 @@ impl DraftArgs {
             path_min: self.draft_path_min,
             tree_width: self.draft_tree_width,
         };
+        c.skip = SkipConfig {
+            layers: self.skip_layers.clone(),
+            max_ratio: self.skip_ratio,
+            min_agreement: self.skip_min_agreement,
+            ..SkipConfig::default()
+        };
         if method.needs_draft_model() && self.draft_model.is_none() {
             bail!("--speculative draft needs --draft-model FILE|ALIAS (e.g. qwen2.5-coder-0.5b)");
         }
@@ -133,12 +153,28 @@ impl DraftArgs {
     }
 }
 
-/// The speculator for `config`, with `draft` as its draft model when the method
-/// runs one.
+/// The speculator for `config` on `target`, with `draft` as its draft model when the
+/// method runs one. `skip` without `--skip-layers` calibrates here and says which
+/// layers it chose on stderr (unless `quiet`).
 pub fn speculator<'d>(
     config: &SpeculativeConfig,
+    target: &LoadedModel,
     draft: Option<&'d LoadedModel>,
+    quiet: bool,
 ) -> Result<Speculator<'d>> {
+    if config.method == SpeculativeMethod::Skip {
+        if config.skip.layers.is_none() && !quiet {
+            eprintln!("skip: calibrating the layers to skip...");
+        }
+        let s = Speculator::with_skip_layers(config, target).context("--speculative skip")?;
+        if let Some(plan) = s.skip_plan().filter(|p| p.agreement.is_some() && !quiet) {
+            eprintln!(
+                "skip: {plan}; reuse with --skip-layers {}",
+                plan.layers_arg()
+            );
+        }
+        return Ok(s);
+    }
     if !config.method.needs_draft_model() {
         return Ok(Speculator::new(config)?);
     }
