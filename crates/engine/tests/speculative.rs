@@ -293,20 +293,17 @@ fn stop_strings_context_limits_and_cancellation_match_plain_decoding() {
 }
 
 #[test]
-fn settings_that_are_not_plain_greedy_are_refused() {
+fn settings_that_do_not_combine_are_refused() {
     let (_turn, m) = load(common::SMOLLM2);
     let ids = m.tokenizer.encode_prompt("Hello").unwrap();
     let mut spec = Speculator::new(&SpeculativeConfig::new(SpeculativeMethod::Lookup)).unwrap();
     let mut s = Session::new(m, 64).unwrap();
-    let sampled = GenerationParams {
-        sampler: SamplerConfig {
-            temperature: 0.8,
-            ..SamplerConfig::greedy()
-        },
+    let forced = GenerationParams {
+        forced: vec![42],
         ..params(4)
     };
     let e = s
-        .generate_speculative(&ids, &sampled, &mut spec, |_| ControlFlow::Continue(()))
+        .generate_speculative(&ids, &forced, &mut spec, |_| ControlFlow::Continue(()))
         .unwrap_err();
     assert!(matches!(e, EngineError::Invalid(_)), "{e}");
     assert!(!e.to_string().contains('\n'));
@@ -319,5 +316,50 @@ fn settings_that_are_not_plain_greedy_are_refused() {
     assert_eq!(
         "recycle".parse::<SpeculativeMethod>().unwrap(),
         SpeculativeMethod::Recycle
+    );
+}
+
+/// Sampling (temperature, top-k/top-p, a repeat penalty, seeds; Gumbel-max with stage
+/// reports on one prompt): speculative generation, verified by the sampler itself,
+/// gives exactly the tokens and events of plain generation with the same seed.
+#[test]
+fn sampled_output_is_identical_smollm2() {
+    let (_turn, m) = load(common::SMOLLM2);
+    let mut specs: Vec<Speculator> = SpeculativeMethod::MODEL_FREE
+        .iter()
+        .map(|&method| Speculator::new(&eager(method)).unwrap())
+        .collect();
+    let mut accepted = vec![0usize; specs.len()];
+    for (i, text) in prompts(false).iter().take(8).enumerate() {
+        let ids = m.tokenizer.encode_prompt(text).unwrap();
+        let p = GenerationParams {
+            sampler: SamplerConfig {
+                temperature: 0.8,
+                top_k: 40,
+                top_p: 0.95,
+                repeat_penalty: 1.1,
+                seed: 1000 + i as u64,
+                ..SamplerConfig::default()
+            },
+            gumbel_max: i == 3,
+            report_stages: i == 3,
+            ..params(24)
+        };
+        let mut s = Session::new(m, 1024).unwrap();
+        let (want, want_events) = plain(&mut s, &ids, &p);
+        for (spec, acc) in specs.iter_mut().zip(&mut accepted) {
+            let (got, events) = speculative(&mut s, &ids, &p, spec);
+            let name = spec.method();
+            assert_eq!(got.generation.tokens, want.tokens, "prompt {i} {name}");
+            assert_eq!(events, want_events, "prompt {i} {name}: events");
+            *acc += got.spec.accepted;
+        }
+    }
+    for (spec, acc) in specs.iter().zip(&accepted) {
+        eprintln!("sampled {}: {acc} drafts accepted", spec.method());
+    }
+    assert!(
+        accepted.iter().any(|&a| a > 0),
+        "some drafts accepted while sampling"
     );
 }

@@ -1,14 +1,19 @@
-//! Lossless speculative decoding (greedy): a drafter from the `spec` crate guesses a
-//! token tree, the model verifies the whole tree in one forward pass (tree attention
-//! mask, explicit positions), the longest path that greedy decoding would have taken
-//! is kept in the KV cache and everything else is dropped. The output is token for
-//! token that of [`Session::generate`] with a greedy sampler; only the number of
-//! forward passes changes.
+//! Lossless speculative decoding: a drafter from the `spec` crate guesses a token
+//! tree, the model verifies the whole tree in one forward pass (tree attention mask,
+//! explicit positions), the path that plain decoding would have taken is kept in the
+//! KV cache and everything else is dropped. Verification is done by the request's own
+//! sampler: from the root, it chooses the next token from the node's row exactly as
+//! [`Session::generate`] would (same row bits, same sampler state and history) and
+//! descends while that token is a drafted child. So the output is token for token that
+//! of `generate` with the same sampler and seed, greedy or sampled; only the number of
+//! forward passes changes. (For a one-hot draft this accepts a drafted token with the
+//! target probability `p(x)` and otherwise draws from `p` without it: the acceptance of
+//! Leviathan et al.'s rejection scheme, with the sample path kept as well.)
 //!
 //! ```text
-//!   logits ─argmax─▶ root ─drafter─▶ tree ─forward(mask, base + depth)─▶ rows
-//!      ▲                                                                  │
-//!      └── row of the last accepted node ◀─ retain_slots(prefix + path) ◀─ verify_greedy
+//!   logits ─sampler─▶ root ─drafter─▶ tree ─forward(mask, base + depth)─▶ rows
+//!      ▲                                                                   │
+//!      └── choice off the tree ◀─ retain_slots(prefix + path) ◀─ walk with the sampler
 //! ```
 //!
 //! Drafters: `lookup` and `recycle` need no model (the `spec` crate); `draft` runs a
@@ -22,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use model::LoadedModel;
 use model::{Batch, LogitsFor};
-use sample::{argmax, token_report};
+use sample::{gumbel_noise, token_report, Sampler, StageReport};
 use spec::{
-    verify_greedy, AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, GrowConfig, LookupConfig,
-    LookupDrafter, RecycleConfig, RecycleDrafter, TokenTree,
+    AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, GrowConfig, LookupConfig, LookupDrafter,
+    RecycleConfig, RecycleDrafter, TokenTree,
 };
 
 mod draft_model;
@@ -37,7 +42,9 @@ use draft_model::DraftModel;
 use skip::SkipDrafter;
 pub use skip::{SkipConfig, SkipPlan};
 
-use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
+use crate::session::{
+    Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
+};
 use crate::stop::TokenText;
 use crate::{EngineError, Result, Session};
 
@@ -464,7 +471,8 @@ struct Emitter<'a, F> {
 
 impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
     /// Reports `id`, chosen from `logits`; `Some` when generation ends with it.
-    fn emit(&mut self, id: u32, logits: &[f32]) -> Option<StopReason> {
+    fn emit(&mut self, choice: Choice, logits: &[f32]) -> Option<StopReason> {
+        let id = choice.id;
         let index = self.generated.len();
         // The model's own view of the token (temperature 1).
         let report = token_report(logits, id, self.params.top_logprobs);
@@ -489,11 +497,14 @@ impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
             varentropy: report.varentropy,
             rank: report.rank,
             top: report.top,
-            // Greedy: no sampler stage does anything worth reporting.
-            stages: Vec::new(),
-            sampled_prob: None,
+            stages: choice.stages,
+            sampled_prob: choice.sampled_prob,
             forced: false,
-            gumbel: None,
+            gumbel: self.params.gumbel_max.then(|| GumbelTrace {
+                seed: self.params.sampler.seed,
+                step: choice.step,
+                noise: gumbel_noise(self.params.sampler.seed, choice.step, id),
+            }),
         };
         let t = Instant::now();
         let flow = (self.on_token)(&event);
@@ -503,14 +514,12 @@ impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
 }
 
 impl<'m> Session<'m> {
-    /// Greedy generation with speculative decoding: the same tokens, events and stop
-    /// behaviour as [`Session::generate`] with a greedy sampler, in fewer forward
-    /// passes when the drafter guesses well.
-    ///
-    /// Only plain greedy decoding is supported for now (temperature 0, no penalties,
-    /// no logit bias, no lookahead or contrastive decoding): anything else is an
-    /// error. Afterwards the cache holds the prompt and every generated token but the
-    /// last, as after `generate`.
+    /// Generation with speculative decoding: the same tokens, events and stop
+    /// behaviour as [`Session::generate`] with the same sampler settings (greedy or
+    /// seeded sampling, penalties, bias, Gumbel-max), in fewer forward passes when the
+    /// drafter guesses well. Forced tokens, lookahead and contrastive decoding are
+    /// refused. Afterwards the cache holds the prompt and every generated token but
+    /// the last, as after `generate`.
     pub fn generate_speculative(
         &mut self,
         prompt: &[u32],
@@ -519,7 +528,7 @@ impl<'m> Session<'m> {
         on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<SpeculativeGeneration> {
         params.sampler.validate()?;
-        check_plain_greedy(params)?;
+        check_speculative_params(params)?;
         match &spec.source {
             Source::Model(d) => check_same_vocabulary(self.model(), d.model())?,
             Source::Skip(d) => d.check_model(&self.model().model)?,
@@ -553,6 +562,9 @@ impl<'m> Session<'m> {
             callback: Duration::ZERO,
         };
         let mut stats = SpeculativeStats::default();
+        let mut chooser = Chooser::new(params);
+        // The token chosen from the last accepted node's row: the next step's root.
+        let mut next_root: Option<Choice> = None;
         let mut history = prompt.to_vec();
         let mut tree = TokenTree::new(0);
         let mut positions = Vec::new();
@@ -564,10 +576,15 @@ impl<'m> Session<'m> {
 
         if params.max_tokens > 0 {
             'outer: loop {
-                // The next token is the argmax of the logits after the cache.
-                let root = argmax(logits);
+                // The next token: chosen from the logits after the cache, by the sampler
+                // (at the previous step's last accepted node, or here at the start).
+                let root_choice = match next_root.take() {
+                    Some(c) => c,
+                    None => chooser.choose(logits, &history)?,
+                };
+                let root = root_choice.id;
                 history.push(root);
-                if let Some(r) = em.emit(root, logits) {
+                if let Some(r) = em.emit(root_choice, logits) {
                     stop_reason = r;
                     break;
                 }
@@ -636,15 +653,37 @@ impl<'m> Session<'m> {
                     }
                 }
                 let row = |node: usize| &rows[node * vocab..(node + 1) * vocab];
-                let verdict = verify_greedy(&tree, |node| argmax(row(node)));
+                // Verification by the sampler itself: from the root, choose the next
+                // token from the node's row exactly as plain decoding would (same row
+                // bits, same sampler state and history); descend while it is a drafted
+                // child. The first choice off the tree is the next root. Greedy or
+                // seeded sampling, the output is plain decoding's.
+                let mut path = vec![0usize];
+                let mut accepted_choices: Vec<Choice> = Vec::new();
+                loop {
+                    let node = *path.last().unwrap_or(&0);
+                    let c = chooser.choose(row(node), &history)?;
+                    match tree.child(node, c.id) {
+                        Some(child) => {
+                            history.push(c.id);
+                            path.push(child);
+                            accepted_choices.push(c);
+                        }
+                        _ => {
+                            next_root = Some(c);
+                            break;
+                        }
+                    }
+                }
+                let n_accepted = path.len() - 1;
                 stats.steps += 1;
                 stats.drafted += tree.n_draft();
-                stats.accepted += verdict.n_accepted();
+                stats.accepted += n_accepted;
                 stats.drafting_steps += usize::from(n > 1);
                 let t_observe = Instant::now();
                 match &mut spec.source {
-                    Source::Free(d) => d.observe(&tree, &rows, vocab, &verdict.accepted),
-                    Source::Model(d) => d.observe(&tree, &verdict.accepted),
+                    Source::Free(d) => d.observe(&tree, &rows, vocab, &path),
+                    Source::Model(d) => d.observe(&tree, &path),
                     // Its entries were dropped before verification.
                     Source::Skip(_) => {}
                 }
@@ -656,11 +695,10 @@ impl<'m> Session<'m> {
                 } else {
                     tree.n_draft()
                 };
-                spec.budget.record(charged, verdict.n_accepted());
+                spec.budget.record(charged, n_accepted);
                 stats.draft_secs += t_observe.elapsed().as_secs_f64();
 
                 // Keep the prefix and the accepted path; drop rejected branches.
-                let path = &verdict.accepted;
                 if path.iter().enumerate().all(|(i, &node)| i == node) {
                     state.cache.truncate(base + path.len());
                 } else {
@@ -675,10 +713,8 @@ impl<'m> Session<'m> {
                 logits.extend_from_slice(row(last));
 
                 // Report the accepted drafts; each was chosen from its parent's row.
-                for (j, pair) in path.windows(2).enumerate() {
-                    let id = tree.token(pair[1]);
-                    history.push(id);
-                    if let Some(r) = em.emit(id, row(pair[0])) {
+                for (j, (pair, choice)) in path.windows(2).zip(accepted_choices).enumerate() {
+                    if let Some(r) = em.emit(choice, row(pair[0])) {
                         // As after plain decoding: the cache ends before the last
                         // token, the logits are those it was chosen from.
                         stop_reason = r;
@@ -720,27 +756,72 @@ impl<'m> Session<'m> {
     }
 }
 
-/// Speculation here is verified against the argmax, so anything that changes the
-/// choice (sampling, penalties, bias, lookahead, contrast) is refused.
-fn check_plain_greedy(params: &GenerationParams) -> Result<()> {
-    let s = &params.sampler;
-    let plain = s.is_greedy()
-        && s.repeat_penalty == 1.0
-        && s.frequency_penalty == 0.0
-        && s.presence_penalty == 0.0
-        && s.dry_multiplier == 0.0
-        && s.logit_bias.is_empty()
-        && !params.gumbel_max
-        && params.forced.is_empty()
-        && params.lookahead.is_none()
-        && params.contrastive.is_none();
-    if plain {
+fn check_speculative_params(params: &GenerationParams) -> Result<()> {
+    if params.forced.is_empty() && params.lookahead.is_none() && params.contrastive.is_none() {
         Ok(())
     } else {
         Err(EngineError::Invalid(
-            "speculative decoding is greedy-only for now: use temperature 0 without \
-             penalties, logit bias, forced tokens, lookahead or contrastive decoding"
+            "speculative decoding does not combine with forced tokens, lookahead or \
+             contrastive decoding"
                 .into(),
         ))
+    }
+}
+
+/// A chosen token and what the sampler reported about it.
+struct Choice {
+    id: u32,
+    stages: Vec<StageReport>,
+    sampled_prob: Option<f64>,
+    /// The sampler's step counter when it chose (the Gumbel trace's step).
+    step: u64,
+}
+
+/// Chooses tokens exactly as [`Session::generate`] does: the request's sampler chain
+/// (with Gumbel-max noise when asked), one sampler step per token, stage reports when
+/// asked.
+struct Chooser<'p> {
+    params: &'p GenerationParams,
+    sampler: Sampler,
+    work: Vec<f32>,
+}
+
+impl<'p> Chooser<'p> {
+    fn new(params: &'p GenerationParams) -> Chooser<'p> {
+        let mut sampler = Sampler::new(params.sampler.clone());
+        if params.gumbel_max {
+            sampler = sampler.with_gumbel_max();
+        }
+        Chooser {
+            params,
+            sampler,
+            work: Vec::new(),
+        }
+    }
+
+    fn choose(&mut self, logits: &[f32], history: &[u32]) -> Result<Choice> {
+        self.work.clear();
+        self.work.extend_from_slice(logits);
+        let step = self.sampler.step();
+        if self.params.report_stages {
+            let (id, report) = self.sampler.sample_with_report(
+                &mut self.work,
+                history,
+                self.params.top_logprobs,
+            )?;
+            Ok(Choice {
+                id,
+                stages: report.stages,
+                sampled_prob: Some(report.sampled_prob),
+                step,
+            })
+        } else {
+            Ok(Choice {
+                id: self.sampler.sample(&mut self.work, history)?,
+                stages: Vec::new(),
+                sampled_prob: None,
+                step,
+            })
+        }
     }
 }

@@ -10,7 +10,8 @@ use crate::models;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpeculativeArgs {
-    /// Lossless speculative decoding (greedy only): none, lookup (prompt lookup: copy
+    /// Lossless speculative decoding (any sampler; the output equals plain decoding
+    /// with the same seed): none, lookup (prompt lookup: copy
     /// what followed the last n-gram earlier in the text), recycle (Token Recycling:
     /// the model's own runners-up from earlier steps), draft (a smaller model with
     /// the same tokenizer, --draft-model) or skip (the model itself with some layers
