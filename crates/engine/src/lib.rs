@@ -13,6 +13,7 @@
 //! Errors are [`EngineError`]s with one-line messages; nothing here panics on user
 //! input (over-long prompts, bad sampler settings, a context that fills up).
 
+pub mod byte_level;
 pub mod constraint;
 pub mod contrastive;
 pub mod kv;
@@ -24,6 +25,7 @@ mod stop;
 
 /// Re-exported so callers can name policies and budgets without the `kv` crate.
 pub use ::kv::{policy_from_name, Budget, KvError, PolicyParams, POLICY_NAMES};
+pub use byte_level::{model_vocabulary, ByteScorer, ModelLm};
 pub use constraint::{ConstrainedSampler, ConstraintMode, ConstraintStats, Grammar, GrammarEnv};
 pub use contrastive::{ContrastiveConfig, ContrastiveStats};
 pub use kv::{KvController, KvOptions, KvStats};

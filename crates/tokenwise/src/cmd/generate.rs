@@ -92,6 +92,11 @@ pub struct Args {
     /// No timing summary on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Sample byte by byte from the exact byte-level distribution (marginalised over
+    /// tokenisations), so a prompt that ends inside a token continues it correctly.
+    /// --max-tokens counts bytes; the sampler flags apply to the 256 bytes plus end.
+    #[arg(long, conflicts_with_all = ["chat", "counterfactual", "jsonl", "show_entropy", "contrast_prompt", "gumbel"])]
+    pub byte_level: bool,
 }
 
 /// Uncertainty-guided lookahead (AdaDec): off unless a threshold is given or calibrated.
@@ -195,6 +200,9 @@ pub enum ColorChoice {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.byte_level {
+        return run_byte_level(a);
+    }
     let mut sampler = a.sampling.config()?;
     let speculative = a.speculative.config()?;
     let kv = a.kv.options()?;
@@ -666,6 +674,146 @@ fn summary_text(s: &GenerationStats, p: &GenerationParams) -> String {
         s.decode_tokens_per_sec(),
         s.stop_reason,
     )
+}
+
+/// `generate --byte-level`: the prompt's bytes go through the byte-level model
+/// (`engine::byte_level`), then bytes are drawn one at a time from its next-byte
+/// distribution (256 bytes and end-of-text) with the sampler chain. Tokenisations are
+/// pruned as in `score --bytes` (relative mass 1e-4, at most 8 new per byte).
+fn run_byte_level(a: Args) -> Result<()> {
+    use engine::byte_level::{model_vocabulary, ByteScorer, Prune};
+
+    if a.speculative.config()?.is_some() {
+        bail!("--byte-level cannot be combined with speculative decoding");
+    }
+    if a.kv.kv_policy != "full" || a.kv.kv_budget.is_some() {
+        bail!("--byte-level keeps the full KV cache: drop --kv-policy/--kv-budget");
+    }
+    if a.lookahead.lookahead_threshold.is_some() || a.lookahead.lookahead_calibrate.is_some() {
+        bail!("--byte-level cannot be combined with lookahead decoding");
+    }
+    let sampler_config = a.sampling.config()?;
+    let seed = sampler_config.seed;
+    let mut sampler = sample::Sampler::try_new(sampler_config)?;
+    let prompt: Vec<u8> = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.as_bytes().to_vec(),
+        (None, Some(f)) if f.as_os_str() == "-" => {
+            let mut b = Vec::new();
+            io::stdin()
+                .read_to_end(&mut b)
+                .context("reading the prompt from stdin")?;
+            b
+        }
+        (None, Some(f)) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => bail!("give a prompt with --prompt or --prompt-file"),
+    };
+    let (_, loaded) = models::load(&a.model, a.runtime.threads)?;
+    let vocab = model_vocabulary(&loaded).context("building the byte vocabulary")?;
+    let prune = Prune {
+        min_relative: 1e-4,
+        max_new_boundaries: 8,
+    };
+    let started = std::time::Instant::now();
+    // A token context never holds more tokens than there are bytes.
+    let mut scorer = ByteScorer::new(&loaded, &vocab, prune, prompt.len() + a.max_tokens)
+        .context("starting the byte-level model")?;
+    for (i, &b) in prompt.iter().enumerate() {
+        scorer
+            .push(b)
+            .with_context(|| format!("the prompt's byte {i} (0x{b:02x})"))?;
+    }
+    let prompt_secs = started.elapsed().as_secs_f64();
+
+    let mut out = io::stdout().lock();
+    let stops: Vec<&[u8]> = a.stop.iter().map(|s| s.as_bytes()).collect();
+    let mut generated: Vec<u8> = Vec::new();
+    // Bytes held back while they could still be the start of a stop string.
+    let mut shown = 0;
+    let mut history: Vec<u32> = prompt.iter().map(|&b| b as u32).collect();
+    let mut logits = [0f32; 257];
+    let mut reason = "max-tokens";
+    let gen_started = std::time::Instant::now();
+    while generated.len() < a.max_tokens {
+        let d = scorer.distribution();
+        for (l, &p) in logits.iter_mut().zip(d.bytes.iter().chain([&d.end])) {
+            *l = (p.ln()) as f32;
+        }
+        if a.ignore_eos {
+            logits[256] = f32::NEG_INFINITY;
+        }
+        let choice = sampler.sample(&mut logits, &history)?;
+        if choice == 256 {
+            reason = "end of text";
+            break;
+        }
+        let b = choice as u8;
+        scorer.push(b).context("pushing a sampled byte")?;
+        history.push(choice);
+        generated.push(b);
+        if let Some(pos) = stops.iter().filter_map(|s| find(&generated, s)).min() {
+            generated.truncate(pos);
+            reason = "stop string";
+            break;
+        }
+        // Show everything that cannot be the start of a stop string.
+        let safe = generated.len()
+            - stops
+                .iter()
+                .map(|s| partial_suffix(&generated, s))
+                .max()
+                .unwrap_or(0);
+        if safe > shown {
+            if let Err(e) = out
+                .write_all(&generated[shown..safe])
+                .and_then(|()| out.flush())
+            {
+                if e.kind() == io::ErrorKind::BrokenPipe {
+                    return Ok(());
+                }
+                return Err(e).context("writing to stdout");
+            }
+            shown = safe;
+        }
+    }
+    let rest = out
+        .write_all(&generated[shown.min(generated.len())..])
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match rest {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        r => r.context("writing to stdout")?,
+    }
+    if !a.quiet {
+        let gen_secs = gen_started.elapsed().as_secs_f64();
+        let stats = scorer.stats();
+        eprintln!(
+            "\n[byte-level: prompt {} bytes in {:.1} s, generated {} bytes in {:.1} s ({:.1} bytes/s), stopped by {reason}; {} model calls, {} tokenisations pruned, seed {seed}]",
+            prompt.len(),
+            prompt_secs,
+            generated.len(),
+            gen_secs,
+            generated.len() as f64 / gen_secs.max(1e-9),
+            stats.model_calls,
+            stats.pruned,
+        );
+    }
+    Ok(())
+}
+
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The length of the longest suffix of `hay` that is a proper prefix of `needle`.
+fn partial_suffix(hay: &[u8], needle: &[u8]) -> usize {
+    (1..needle.len().min(hay.len() + 1))
+        .rev()
+        .find(|&k| hay.ends_with(&needle[..k]))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
