@@ -269,3 +269,69 @@ fn score_jsonl_records_agree_with_the_summary() {
         .unwrap()
         .is_finite());
 }
+
+/// `generate --byte-level` continues a prompt that ends inside a word (greedy: the
+/// same bytes every run), and `score --bytes` reports per-byte records whose
+/// log-probabilities sum to the summary's total.
+#[test]
+fn byte_level_generation_and_scoring() {
+    let model = smollm2_path();
+    let model = model.to_str().unwrap();
+    let out = tokenwise(
+        &[
+            "generate",
+            "-m",
+            model,
+            "--byte-level",
+            "--greedy",
+            "--max-tokens",
+            "3",
+            "-q",
+            "--prompt",
+            "The quick brown fox jumps over the la",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("zy"),
+        "continues 'la' inside the word: {text:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tw-bytes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("t.txt");
+    std::fs::write(&file, "Hello, world.").unwrap();
+    let out = tokenwise(
+        &[
+            "score",
+            "-m",
+            model,
+            "--bytes",
+            "--jsonl",
+            file.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let bytes: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r.get("byte").is_some()).collect();
+    assert_eq!(bytes.len(), "Hello, world.".len());
+    assert!(bytes
+        .iter()
+        .all(|r| r["logprob"].as_f64().is_some_and(|l| l <= 0.0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
