@@ -5,24 +5,13 @@
 
 mod common;
 
+use common::smollm2;
+
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use engine::byte_level::{model_vocabulary, ByteLevel, ByteScorer, ModelLm, Prune, Vocabulary};
 use model::{Batch, LoadedModel, LogitsFor};
-
-/// Loaded once and lent to one test at a time (`Model::forward` is not reentrant).
-fn smollm2() -> MutexGuard<'static, LoadedModel> {
-    static MODEL: OnceLock<Mutex<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let m = model::load_gguf(&common::model_path(common::SMOLLM2), 2);
-            Mutex::new(m.expect("SmolLM2 loads"))
-        })
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Every token sequence of text tokens spelling exactly `x`.
 fn tokenisations(by_bytes: &HashMap<&[u8], Vec<u32>>, x: &[u8]) -> Vec<Vec<u32>> {

@@ -5,28 +5,14 @@
 
 mod common;
 
+use common::smollm2;
+
 use std::ops::ControlFlow;
-use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use engine::{chat_prompt_ids, EngineError, GenerationParams, Session, StopReason, TokenEvent};
 use model::chat::ChatMessage;
-use model::{Batch, LoadedModel, ModelError};
+use model::{Batch, ModelError};
 use sample::{argmax, SamplerConfig};
-
-/// Loaded once and lent to one test at a time: `Model::forward` is not safe to call
-/// from two threads at once (its thread pool runs one parallel region at a time and
-/// concurrent callers corrupt each other's regions), and the test harness runs tests
-/// in parallel.
-fn smollm2() -> MutexGuard<'static, LoadedModel> {
-    static MODEL: OnceLock<Mutex<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let m = model::load_gguf(&common::model_path(common::SMOLLM2), 2);
-            Mutex::new(m.expect("SmolLM2 loads"))
-        })
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 const PROMPT: &str = "The three primary colors are";
 

@@ -5,23 +5,10 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use common::smollm2;
 
 use engine::{Budget, EngineError, KvOptions, Session};
-use model::LoadedModel;
 use sample::argmax;
-
-/// Loaded once, lent to one test at a time (`Model::forward` is not re-entrant).
-fn smollm2() -> MutexGuard<'static, LoadedModel> {
-    static MODEL: OnceLock<Mutex<LoadedModel>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let m = model::load_gguf(&common::model_path(common::SMOLLM2), 2);
-            Mutex::new(m.expect("SmolLM2 loads"))
-        })
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 const PROMPT: &str = "The history of the printing press begins in China, where woodblock printing was used on cloth and later on paper. Movable type";
 

@@ -14,64 +14,16 @@
 
 mod common;
 
+use common::{load, prompts, GEMMA3, QWEN05};
+
 use std::ops::ControlFlow;
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use engine::{
     EngineError, GenerationParams, Session, SpeculativeConfig, SpeculativeMethod, Speculator,
     StopReason, TokenEvent,
 };
-use model::LoadedModel;
 use sample::SamplerConfig;
-
-const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
-const QWEN05: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
-
-/// The models, each loaded on first use. Tests run one at a time (the guard): each
-/// model's forward pass spins up two worker threads, and several tests at once on a
-/// small machine would only fight over the cores (`Model::forward` must not run on
-/// two threads at once anyway).
-fn load(file: &'static str) -> (MutexGuard<'static, ()>, &'static LoadedModel) {
-    static TURN: Mutex<()> = Mutex::new(());
-    static MODELS: [OnceLock<LoadedModel>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
-    let files = [common::SMOLLM2, GEMMA3, QWEN05];
-    let i = files
-        .iter()
-        .position(|&f| f == file)
-        .expect("a known test model");
-    let m = MODELS[i]
-        .get_or_init(|| model::load_gguf(&common::model_path(file), 2).expect("test model loads"));
-    (guard, m)
-}
-
-/// 22 prompts of real text: the 13 golden prompts (Python tutorial passages, standard
-/// library function headers, chat-formatted questions) and 9 paragraphs of the GPL v3.
-fn prompts(qwen: bool) -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/data/golden");
-    let file = if qwen {
-        "prompts-qwen-public.json"
-    } else {
-        "prompts-public.json"
-    };
-    let json = std::fs::read_to_string(dir.join(file)).expect("golden prompts");
-    let records: Vec<serde_json::Value> = serde_json::from_str(&json).expect("prompt json");
-    let mut out: Vec<String> = records
-        .iter()
-        .map(|r| r["prompt"].as_str().expect("prompt text").to_string())
-        .collect();
-    let gpl = std::fs::read_to_string(dir.join("gpl3.txt")).expect("gpl3.txt");
-    out.extend(
-        gpl.split("\n\n")
-            .map(str::trim)
-            .filter(|p| p.len() >= 200)
-            .take(9)
-            .map(|p| p.chars().take(400).collect::<String>()),
-    );
-    assert_eq!(out.len(), 22);
-    out
-}
 
 fn params(max_tokens: usize) -> GenerationParams {
     GenerationParams {
