@@ -73,6 +73,9 @@ fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
         let pad = (y1 - y0) * 0.05;
         (y0, y1) = (y0 - pad, y1 + pad);
     }
+    // Markers on the first and last x stay inside the frame.
+    let pad = (x1 - x0) * 0.04;
+    (x0, x1) = (x0 - pad, x1 + pad);
     let px = |x: f64| left + (tx(x) - x0) / (x1 - x0) * pw;
     let py = |y: f64| top + (1.0 - (y - y0) / (y1 - y0)) * ph;
 
