@@ -39,7 +39,7 @@ use std::time::Instant;
 use model::{
     AttentionObserver, Batch, ForwardScratch, LoadedModel, LogitsFor, SequenceBatch, SequenceState,
 };
-use sample::{gumbel_noise, token_report, Sampler};
+use sample::{token_report, Sampler};
 use spec::{
     AdaptiveBudget, AdaptiveConfig, Drafter, LookupConfig, LookupDrafter, RecycleConfig,
     RecycleDrafter, TokenTree,
@@ -47,9 +47,7 @@ use spec::{
 
 use crate::constraint::{ConstrainedSampler, ConstraintMode, Grammar};
 use crate::kv::{KvController, KvOptions, PolicyObserver};
-use crate::session::{
-    Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
-};
+use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
 use crate::speculative::SpeculativeMethod;
 use crate::stop::TokenText;
 use crate::{EngineError, Result};
@@ -759,22 +757,8 @@ fn emit_token(
     );
     a.shown.push_str(&shown);
     let event = TokenEvent {
-        index,
-        id,
-        text: shown,
-        logprob: report.logprob,
-        entropy: report.entropy,
-        varentropy: report.varentropy,
-        rank: report.rank,
-        top: report.top,
-        stages: Vec::new(),
-        sampled_prob: None,
         forced,
-        gumbel: params.gumbel_max.then(|| GumbelTrace {
-            seed: params.sampler.seed,
-            step,
-            noise: gumbel_noise(params.sampler.seed, step, id),
-        }),
+        ..TokenEvent::chosen(index, id, shown, report, params, step)
     };
     if (a.sink)(SequenceEvent::Token(&event)).is_break() {
         return Ok(false);

@@ -109,6 +109,39 @@ pub struct TokenEvent {
     pub gumbel: Option<GumbelTrace>,
 }
 
+impl TokenEvent {
+    /// The event of token `id`, chosen at sampler step `step`: the model's view of it
+    /// from `report`, and its Gumbel trace when `params.gumbel_max`. Stage reports and
+    /// `forced` are the caller's to fill in.
+    pub fn chosen(
+        index: usize,
+        id: u32,
+        text: String,
+        report: sample::TokenReport,
+        params: &GenerationParams,
+        step: u64,
+    ) -> TokenEvent {
+        TokenEvent {
+            index,
+            id,
+            text,
+            logprob: report.logprob,
+            entropy: report.entropy,
+            varentropy: report.varentropy,
+            rank: report.rank,
+            top: report.top,
+            stages: Vec::new(),
+            sampled_prob: None,
+            forced: false,
+            gumbel: params.gumbel_max.then(|| GumbelTrace {
+                seed: params.sampler.seed,
+                step,
+                noise: gumbel_noise(params.sampler.seed, step, id),
+            }),
+        }
+    }
+}
+
 /// The Gumbel noise of one step: every token's noise is
 /// `sample::gumbel_noise(seed, step, id)`; `noise` is the chosen token's.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -551,22 +584,10 @@ impl<'m> Session<'m> {
             decode += t.elapsed();
 
             let event = TokenEvent {
-                index,
-                id,
-                text: shown,
-                logprob: report.logprob,
-                entropy: report.entropy,
-                varentropy: report.varentropy,
-                rank: report.rank,
-                top: report.top,
                 stages,
                 sampled_prob,
                 forced: index < params.forced.len(),
-                gumbel: params.gumbel_max.then(|| GumbelTrace {
-                    seed: params.sampler.seed,
-                    step,
-                    noise: gumbel_noise(params.sampler.seed, step, id),
-                }),
+                ..TokenEvent::chosen(index, id, shown, report, params, step)
             };
             let flow = on_token(&event);
             t = Instant::now();

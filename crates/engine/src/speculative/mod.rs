@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use model::LoadedModel;
 use model::{Batch, LogitsFor};
-use sample::{gumbel_noise, token_report, Sampler, StageReport};
+use sample::{token_report, Sampler, StageReport};
 use spec::{
     AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, GrowConfig, LookupConfig, LookupDrafter,
     RecycleConfig, RecycleDrafter, TokenTree,
@@ -42,9 +42,7 @@ use draft_model::DraftModel;
 use skip::SkipDrafter;
 pub use skip::{SkipConfig, SkipPlan};
 
-use crate::session::{
-    Generation, GenerationParams, GenerationStats, GumbelTrace, StopReason, TokenEvent,
-};
+use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
 use crate::stop::TokenText;
 use crate::{EngineError, Result, Session};
 
@@ -489,22 +487,9 @@ impl<F: FnMut(&TokenEvent) -> ControlFlow<()>> Emitter<'_, F> {
         let (shown, reason) = self.token_text.push(id, eog, limit);
         self.text.push_str(&shown);
         let event = TokenEvent {
-            index,
-            id,
-            text: shown,
-            logprob: report.logprob,
-            entropy: report.entropy,
-            varentropy: report.varentropy,
-            rank: report.rank,
-            top: report.top,
             stages: choice.stages,
             sampled_prob: choice.sampled_prob,
-            forced: false,
-            gumbel: self.params.gumbel_max.then(|| GumbelTrace {
-                seed: self.params.sampler.seed,
-                step: choice.step,
-                noise: gumbel_noise(self.params.sampler.seed, choice.step, id),
-            }),
+            ..TokenEvent::chosen(index, id, shown, report, self.params, choice.step)
         };
         let t = Instant::now();
         let flow = (self.on_token)(&event);
