@@ -4,28 +4,14 @@
 
 use std::io::Write;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 use engine::{GenerationParams, Session};
 
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const PROMPT: &str = "The capital of France is";
+mod common;
 
-fn smollm2_path() -> PathBuf {
-    let dir = match std::env::var_os("TOKENWISE_CACHE") {
-        Some(root) => PathBuf::from(root).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/tokenwise/models"),
-    };
-    let p = dir.join(SMOLLM2);
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/fetch_models.py --all-test` (or `make models`)",
-        p.display()
-    );
-    p
-}
+use common::smollm2_path;
+const PROMPT: &str = "The capital of France is";
 
 fn tokenwise(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tokenwise"))

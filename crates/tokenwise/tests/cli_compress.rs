@@ -2,62 +2,12 @@
 //! standard input and output, and one-line errors (exit code 1, no panic, no output
 //! file left behind) for every way an archive or a request can be wrong.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
+mod common;
 
-/// A cached test model; fails with the command to run when it is missing.
-fn model_path(file: &str) -> PathBuf {
-    let dir = match std::env::var_os("TOKENWISE_CACHE") {
-        Some(root) => PathBuf::from(root).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/tokenwise/models"),
-    };
-    let p = dir.join(file);
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/fetch_models.py --all-test` (or `make models`)",
-        p.display()
-    );
-    p
-}
-
-/// A scratch directory of this test, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("tokenwise-compress-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-    /// Files left in the directory (temporary files included).
-    fn files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{model_path, Scratch, GEMMA3, SMOLLM2};
 
 fn tokenwise(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokenwise"));

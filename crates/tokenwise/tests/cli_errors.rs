@@ -2,50 +2,14 @@
 //! never a panic: missing, truncated, random and unsupported model files, and a prompt
 //! longer than the context.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use gguf::{GgufWriter, Value};
 
-const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+mod common;
 
-/// The cached test model; fails with the command to run when it is missing.
-fn smollm2_path() -> PathBuf {
-    let dir = match std::env::var_os("TOKENWISE_CACHE") {
-        Some(root) => PathBuf::from(root).join("models"),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/tokenwise/models"),
-    };
-    let p = dir.join(SMOLLM2);
-    assert!(
-        p.exists(),
-        "{} is missing: run `scripts/fetch_models.py --all-test` (or `make models`)",
-        p.display()
-    );
-    p
-}
-
-/// A scratch directory of this test process, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("tokenwise-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{smollm2_path, Scratch};
 
 fn tokenwise(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tokenwise"))
