@@ -603,7 +603,10 @@ impl Model {
         // Split every matrix into chunks of rows; one task per chunk.
         let total_rows: usize = jobs.iter().map(|(w, _)| w.rows).sum();
         let n_threads = self.pool.n_threads();
-        let chunk = (total_rows / (n_threads * 16)).clamp(4, 64);
+        // Whole groups of rows, so packed matrices split on group boundaries.
+        let chunk = (total_rows / (n_threads * 16))
+            .clamp(4, 64)
+            .next_multiple_of(quant::packed::GROUP);
         let mut tasks: Vec<(usize, usize, usize)> =
             Vec::with_capacity(total_rows / chunk + jobs.len()); // (job, row0, row1)
         for (j, (w, _)) in jobs.iter().enumerate() {
@@ -625,7 +628,33 @@ impl Model {
                 .find(|f| f.0 == w.ty.vec_dot_type())
                 .expect("quantised above");
             let out = outs[j];
-            if n == 1 {
+            if let Some(packed) = w.packed() {
+                // Rows r0..r1 are whole groups (chunks are multiples of GROUP and
+                // packed matrices have a multiple of GROUP rows). One code path for
+                // one and many activation rows: the results are the same bits.
+                const TILE: usize = 16;
+                const GROUP: usize = quant::packed::GROUP;
+                let mut tile_out = [[0f32; GROUP]; TILE];
+                let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
+                let mut i0 = 0;
+                while i0 < n {
+                    let m = (n - i0).min(TILE);
+                    for (k, a) in a_rows.iter_mut().enumerate().take(m) {
+                        let i = i0 + k;
+                        *a = &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
+                    }
+                    for g in r0 / GROUP..r1 / GROUP {
+                        packed.group_dots(g, &a_rows[..m], &mut tile_out[..m]);
+                        for (k, v) in tile_out[..m].iter().enumerate() {
+                            // SAFETY: rows g*GROUP.. of activation row i0 + k belong
+                            // to this task alone.
+                            unsafe { out.slice((i0 + k) * w.rows + g * GROUP, GROUP) }
+                                .copy_from_slice(v);
+                        }
+                    }
+                    i0 += m;
+                }
+            } else if n == 1 {
                 // SAFETY: rows r0..r1 of this job belong to this task alone.
                 let o = unsafe { out.slice(r0, r1 - r0) };
                 let a = &acts[offset..offset + row_bytes];

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gguf::{GgufFile, TensorInfo};
+use quant::packed::PackedMatrix;
 use quant::GgmlType;
 
 use crate::config::ModelConfig;
@@ -41,6 +42,9 @@ pub struct Matrix {
     backing: Arc<Backing>,
     start: usize,
     row_bytes: usize,
+    /// The same rows repacked for the 16-row kernels (when this CPU and format
+    /// have them); the fast path reads these, the reference path the GGUF rows.
+    packed: Option<Arc<PackedMatrix>>,
 }
 
 impl std::fmt::Debug for Matrix {
@@ -76,6 +80,13 @@ impl Matrix {
             .and_then(|n| n.checked_add(start))
             .filter(|&end| end <= backing.bytes().len())
             .ok_or_else(|| ModelError::Format(format!("{name}: data out of bounds")))?;
+        let packed = PackedMatrix::new(
+            ty,
+            rows,
+            cols,
+            &backing.bytes()[start..start + rows * row_bytes],
+        )
+        .map(Arc::new);
         Ok(Matrix {
             name: name.to_string(),
             ty,
@@ -84,6 +95,7 @@ impl Matrix {
             backing,
             start,
             row_bytes,
+            packed,
         })
     }
 
@@ -121,6 +133,12 @@ impl Matrix {
     pub fn row(&self, r: usize) -> &[u8] {
         let start = self.start + r * self.row_bytes;
         &self.backing.bytes()[start..start + self.row_bytes]
+    }
+
+    /// The rows packed for the 16-row kernels, if they were.
+    #[inline]
+    pub fn packed(&self) -> Option<&PackedMatrix> {
+        self.packed.as_deref()
     }
 
     /// Row `r` dequantised to f32 (the reference path, and embedding lookup).

@@ -12,8 +12,11 @@
 //! per-block result is scaled in `f32`. Only the order of the `f32`
 //! additions across blocks differs between implementations.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod blocks;
 mod f32ops;
+pub mod packed;
 pub mod reference;
 mod types;
 #[cfg(target_arch = "x86_64")]
@@ -98,7 +101,7 @@ pub fn dequantize_row(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), Q
 pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
     check_quantize_args(ty, src, dst)?;
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx2 {
+    if matches!(level(), Level::Avx2 | Level::Avx512) {
         // SAFETY: `level()` verified avx2, fma and f16c at runtime; lengths
         // were checked above.
         unsafe {
@@ -140,7 +143,7 @@ pub(crate) fn check_quantize_args(ty: GgmlType, src: &[f32], dst: &[u8]) -> Resu
 #[inline(always)]
 pub(crate) fn check_dot_lengths(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) {
     let bs = ty.block_size();
-    assert!(n % bs == 0, "vec_dot: {n} not a multiple of {bs} ({ty})");
+    assert!(n.is_multiple_of(bs), "vec_dot: {n} not a multiple of {bs} ({ty})");
     let nb = n / bs;
     assert!(
         w.len() >= nb * ty.type_size() && act.len() >= nb * ty.vec_dot_type().type_size(),
@@ -154,6 +157,10 @@ enum Level {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VL/VNNI: the AVX2 row kernels, and the 16-row
+    /// [`packed`] kernels where a matrix was packed.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 #[inline(always)]
@@ -166,6 +173,9 @@ fn level() -> Level {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            if std::env::var_os("QUANT_FORCE_AVX2").is_none() && avx512_available() {
+                return Level::Avx512;
+            }
             return Level::Avx2;
         }
         Level::Scalar
@@ -177,18 +187,41 @@ fn level() -> Level {
 pub(crate) fn avx2_fma_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        level() == Level::Avx2
+        matches!(level(), Level::Avx2 | Level::Avx512)
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-/// Name of the kernel family [`vec_dot`] dispatches to ("avx2" or "scalar").
+/// Whether [`packed::PackedMatrix`] can be built: the AVX-512 kernels are in
+/// use (not disabled by `QUANT_FORCE_AVX2` / `QUANT_FORCE_SCALAR`).
+pub fn packed_kernels_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        level() == Level::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether this CPU has the AVX-512 subsets the [`avx512`] kernels use.
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Name of the kernel family [`vec_dot`] dispatches to ("avx512", "avx2" or
+/// "scalar"; set `QUANT_FORCE_AVX2` or `QUANT_FORCE_SCALAR` to choose a lower one).
 pub fn kernel_name() -> &'static str {
     match level() {
         Level::Scalar => "scalar",
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => "avx2",
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => "avx512",
     }
 }
 
@@ -202,7 +235,7 @@ pub fn kernel_name() -> &'static str {
 pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     check_dot_lengths(ty, n, w, act);
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx2 {
+    if matches!(level(), Level::Avx2 | Level::Avx512) {
         // SAFETY: CPU features verified by `level()`, lengths by
         // `check_dot_lengths`.
         if let Some(v) = unsafe { x86::vec_dot(ty, n, w, act) } {
@@ -223,7 +256,7 @@ pub fn vec_dot_multi(ty: GgmlType, n: usize, w: &[u8], acts: &[&[u8]], out: &mut
         check_dot_lengths(ty, n, w, a);
     }
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx2 {
+    if matches!(level(), Level::Avx2 | Level::Avx512) {
         // SAFETY: CPU features verified by `level()`, lengths just checked.
         if unsafe { x86::vec_dot_multi(ty, n, w, acts, out) } {
             return;
@@ -289,6 +322,16 @@ pub mod kernels {
             }
         }
         None
+    }
+
+    /// Whether the AVX-512 kernels can run on this CPU.
+    pub fn avx512_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            avx2_available() && super::avx512_available()
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     }
 
     /// Whether the AVX2 kernels can run on this CPU.

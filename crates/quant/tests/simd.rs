@@ -57,11 +57,14 @@ fn lengths(ty: GgmlType) -> Vec<usize> {
 }
 
 #[test]
-fn dispatch_uses_avx2_when_available() {
-    let expect = if kernels::avx2_available() && std::env::var_os("QUANT_FORCE_SCALAR").is_none() {
-        "avx2"
-    } else {
+fn dispatch_uses_the_best_available_kernels() {
+    let env = |k: &str| std::env::var_os(k).is_some();
+    let expect = if !kernels::avx2_available() || env("QUANT_FORCE_SCALAR") {
         "scalar"
+    } else if kernels::avx512_available() && !env("QUANT_FORCE_AVX2") {
+        "avx512"
+    } else {
+        "avx2"
     };
     assert_eq!(quant::kernel_name(), expect);
 }

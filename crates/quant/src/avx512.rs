@@ -1,0 +1,148 @@
+//! AVX-512 (F, BW, VL, VNNI) kernels over weights packed in groups of 16 rows
+//! (x86_64 only; the layout and the reasons are in [`crate::packed`]).
+//!
+//! A row-at-a-time AVX-512 kernel (two blocks per register, `vpdpbusd` for
+//! `maddubs` + `madd`) was tried first: no faster than the AVX2 one, as both
+//! are bound by the per-block shuffles and scale conversions, which the
+//! 16-row layout removes.
+//!
+//! # Safety
+//! Every function requires AVX-512 F/BW/VL/VNNI plus AVX2/FMA/F16C (checked by
+//! the caller at run time) and full row buffers (checked by the caller).
+
+use std::arch::x86_64::*;
+
+use crate::blocks::{off::*, *};
+
+/// The features every function here is compiled for.
+macro_rules! avx512_fn {
+    ($(#[$m:meta])* unsafe fn $($rest:tt)*) => {
+        $(#[$m])*
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $($rest)*
+    };
+}
+
+avx512_fn! {
+    /// The 16-row kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b + m_w[r] * s_a`
+    /// for the packed group at `w` (see [`crate::packed`]) and `NC` Q8_1 rows.
+    #[inline]
+    unsafe fn packed_q4_1<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [[f32; 16]; NC] {
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let wb = w.add(b * crate::packed::Q4_1X16_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(2 * crate::packed::Q4_1X16_BYTES).cast());
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
+            let mw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32).cast()));
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for t in 0..4 {
+                let z = _mm512_loadu_si512(wb.add(64 + 64 * t).cast());
+                lo[t] = _mm512_and_si512(z, low);
+                hi[t] = _mm512_and_si512(_mm512_srli_epi16::<4>(z), low);
+            }
+            for c in 0..NC {
+                let ab = a[c].add(b * Q8_1_BYTES);
+                let qa = ab.add(Q8_1_QS);
+                let bcast = |k: usize| _mm512_set1_epi32(qa.add(4 * k).cast::<i32>().read_unaligned());
+                // Two independent chains (low and high halves of the block).
+                let mut dl = _mm512_setzero_si512();
+                let mut dh = _mm512_setzero_si512();
+                for t in 0..4 {
+                    dl = _mm512_dpbusd_epi32(dl, lo[t], bcast(t));
+                    dh = _mm512_dpbusd_epi32(dh, hi[t], bcast(4 + t));
+                }
+                let dot = _mm512_cvtepi32_ps(_mm512_add_epi32(dl, dh));
+                // [d_a, s_a]
+                let ds = _mm_cvtph_ps(_mm_cvtsi32_si128(ab.cast::<i32>().read_unaligned()));
+                let da = _mm512_broadcastss_ps(ds);
+                let sa = _mm512_broadcastss_ps(_mm_movehdup_ps(ds));
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), dot, acc[c]);
+                acc[c] = _mm512_fmadd_ps(mw, sa, acc[c]);
+            }
+        }
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}
+
+/// Runs a 16-row kernel over any number of activation rows, in groups of four.
+macro_rules! packed_multi {
+    ($name:ident, $kern:ident) => {
+        /// [`$kern`] over any number of activation rows, in groups of four.
+        ///
+        /// # Safety
+        /// The CPU must support this module's features; `w` must hold `nb`
+        /// packed blocks and every `acts[j]` a full activation row of `nb`
+        /// blocks; `acts.len() == out.len()`.
+        pub(crate) unsafe fn $name(nb: usize, w: &[u8], acts: &[&[u8]], out: &mut [[f32; 16]]) {
+            let wp = w.as_ptr();
+            let p = |c: usize| acts[c].as_ptr();
+            let mut c = 0;
+            while c + 4 <= acts.len() {
+                out[c..c + 4].copy_from_slice(&$kern::<4>(
+                    nb,
+                    wp,
+                    [p(c), p(c + 1), p(c + 2), p(c + 3)],
+                ));
+                c += 4;
+            }
+            match acts.len() - c {
+                3 => out[c..].copy_from_slice(&$kern::<3>(nb, wp, [p(c), p(c + 1), p(c + 2)])),
+                2 => out[c..].copy_from_slice(&$kern::<2>(nb, wp, [p(c), p(c + 1)])),
+                1 => out[c..].copy_from_slice(&$kern::<1>(nb, wp, [p(c)])),
+                _ => {}
+            }
+        }
+    };
+}
+
+packed_multi!(packed_q4_1_multi, packed_q4_1);
+packed_multi!(packed_q8_0_multi, packed_q8_0);
+
+avx512_fn! {
+    /// The 16-row Q8_0 kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b`, with
+    /// `dot_b = sum((q_a + 128) * q_w) - 128 * sum(q_w)` (see [`crate::packed`]).
+    #[inline]
+    unsafe fn packed_q8_0<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [[f32; 16]; NC] {
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let wb = w.add(b * crate::packed::Q8_0X16_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(2 * crate::packed::Q8_0X16_BYTES).cast());
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
+            // 128 * (sum of each row's quants)
+            let offset = _mm512_slli_epi32::<7>(_mm512_cvtepi16_epi32(_mm256_loadu_si256(wb.add(32).cast())));
+            let mut q = [_mm512_setzero_si512(); 8];
+            for (t, qt) in q.iter_mut().enumerate() {
+                *qt = _mm512_loadu_si512(wb.add(64 + 64 * t).cast());
+            }
+            for c in 0..NC {
+                let ab = a[c].add(b * Q8_0_BYTES);
+                let qa = ab.add(Q8_0_QS);
+                // Four activation quants, each + 128 (as unsigned bytes), in every lane.
+                let bcast = |k: usize| {
+                    let x = qa.add(4 * k).cast::<u32>().read_unaligned() ^ 0x8080_8080;
+                    _mm512_set1_epi32(x as i32)
+                };
+                let mut d0 = _mm512_setzero_si512();
+                let mut d1 = _mm512_setzero_si512();
+                for t in 0..4 {
+                    d0 = _mm512_dpbusd_epi32(d0, bcast(2 * t), q[2 * t]);
+                    d1 = _mm512_dpbusd_epi32(d1, bcast(2 * t + 1), q[2 * t + 1]);
+                }
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
+                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
+            }
+        }
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}

@@ -1,0 +1,186 @@
+//! Weight matrices repacked in groups of 16 rows, for the AVX-512 VNNI
+//! matrix kernels.
+//!
+//! Why: the row-at-a-time kernels reduce every 32-element block to one number
+//! per (weight row, activation row) and then scale it, which costs several
+//! shuffles and conversions per block. Here the 16 rows of a group sit in the
+//! 16 lanes of a 512-bit register: four bytes of each row side by side, so one
+//! `vpdpbusd` against four broadcast activation bytes advances all 16 rows'
+//! integer sums at once, and the block's scales are applied to the 16 rows with
+//! one multiply-add. No horizontal sums at all.
+//!
+//! Layout (`rows` a multiple of 16): for each group of 16 rows, for each block
+//! `b` of the row, one packed block. Q4_1 ([`Q4_1X16_BYTES`] bytes):
+//!
+//! ```text
+//! d[16]: f16      the 16 rows' block scales
+//! m[16]: f16      the 16 rows' block minimums
+//! qs[4][16][4]    chunk t, row r: bytes 4t..4t+4 of row r's 16 `qs` bytes
+//! ```
+//!
+//! Low nibbles of chunk `t` are elements `4t..4t+4` of the block, high nibbles
+//! elements `16+4t..16+4t+4` (Q4_1's element order), so each lane meets the
+//! matching four activation bytes. Q8_0 ([`Q8_0X16_BYTES`] bytes):
+//!
+//! ```text
+//! d[16]: f16      the 16 rows' block scales
+//! sum[16]: i16    the sum of each row's 32 quants
+//! qs[8][16][4]    chunk t, row r: quants 4t..4t+4 of row r
+//! ```
+//!
+//! `vpdpbusd` multiplies unsigned by signed bytes, and here both operands are
+//! signed, so the kernel offsets the activation quants by 128 (making them
+//! unsigned) and subtracts `128 * sum` of the row's quants, which is exact.
+//!
+//! Results: the integer block sums are exact (as in [`crate::reference`]); per
+//! (row, activation row) the block terms are accumulated in block order with
+//! fused multiply-adds, the same instructions whatever the number of
+//! activation rows or the group, so batched and single-row results are equal
+//! bit for bit. They differ from the row kernels only by `f32` rounding.
+
+use crate::blocks::{off::*, *};
+use crate::types::{GgmlType, QK};
+
+/// Rows per group.
+pub const GROUP: usize = 16;
+/// Bytes of one packed Q4_1 block of 16 rows.
+pub const Q4_1X16_BYTES: usize = GROUP * Q4_1_BYTES;
+/// Bytes of one packed Q8_0 block of 16 rows (the quant sums are extra).
+pub const Q8_0X16_BYTES: usize = GROUP * (Q8_0_BYTES + 2);
+
+/// A weight matrix repacked for the 16-row kernels.
+pub struct PackedMatrix {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedMatrix({} [{}, {}])",
+            self.ty.name(),
+            self.rows,
+            self.cols
+        )
+    }
+}
+
+impl PackedMatrix {
+    /// Repacks `rows` rows of `cols` elements of type `ty` (`data` in GGUF row
+    /// order), or `None` when there is no 16-row kernel for `ty` on this CPU,
+    /// `rows` is not a multiple of 16, or `data` has the wrong size.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Option<PackedMatrix> {
+        let packed_block = match ty {
+            GgmlType::Q4_1 => Q4_1X16_BYTES,
+            GgmlType::Q8_0 => Q8_0X16_BYTES,
+            _ => return None,
+        };
+        if !rows.is_multiple_of(GROUP) || !crate::packed_kernels_available() {
+            return None;
+        }
+        let row_bytes = ty.row_bytes(cols)?;
+        if data.len() != rows * row_bytes {
+            return None;
+        }
+        let nb = cols / QK;
+        let block_bytes = ty.type_size();
+        let mut out = vec![0u8; rows / GROUP * nb * packed_block];
+        for g in 0..rows / GROUP {
+            for b in 0..nb {
+                let dst = &mut out[(g * nb + b) * packed_block..][..packed_block];
+                for r in 0..GROUP {
+                    let src = &data[(g * GROUP + r) * row_bytes + b * block_bytes..][..block_bytes];
+                    match ty {
+                        GgmlType::Q4_1 => pack_q4_1_row(src, r, dst),
+                        _ => pack_q8_0_row(src, r, dst),
+                    }
+                }
+            }
+        }
+        Some(PackedMatrix {
+            ty,
+            rows,
+            cols,
+            data: out,
+        })
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `out[k][r] = row (16 * group + r) · acts[k]` for the 16 rows of
+    /// `group`; `acts` quantised to the type's `vec_dot_type()`.
+    ///
+    /// Panics if `group` is out of range, `out` and `acts` differ in length or
+    /// an activation row has the wrong size.
+    pub fn group_dots(&self, group: usize, acts: &[&[u8]], out: &mut [[f32; GROUP]]) {
+        assert!(
+            group < self.rows / GROUP,
+            "group_dots: group {group} out of range"
+        );
+        assert_eq!(acts.len(), out.len(), "group_dots: acts/out length");
+        let act_bytes = self.ty.vec_dot_type().row_bytes(self.cols);
+        for a in acts {
+            assert_eq!(Some(a.len()), act_bytes, "group_dots: activation row size");
+        }
+        let nb = self.cols / QK;
+        let block = self.data.len() / (self.rows / GROUP * nb);
+        let w = &self.data[group * nb * block..][..nb * block];
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `new` only succeeds when the CPU has the kernels' features;
+        // the sizes were checked above.
+        unsafe {
+            match self.ty {
+                GgmlType::Q4_1 => crate::avx512::packed_q4_1_multi(nb, w, acts, out),
+                _ => crate::avx512::packed_q8_0_multi(nb, w, acts, out),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (nb, w);
+            unreachable!("PackedMatrix::new never succeeds off x86_64")
+        }
+    }
+}
+
+/// Row `r` (of 16) of a Q4_1 block into the packed block `dst`.
+fn pack_q4_1_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+    dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[2..4]);
+    for t in 0..4 {
+        let at = 64 + t * 64 + 4 * r;
+        dst[at..at + 4].copy_from_slice(&src[Q4_1_QS + 4 * t..][..4]);
+    }
+}
+
+/// Row `r` (of 16) of a Q8_0 block into the packed block `dst`.
+fn pack_q8_0_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+    let qs = &src[Q8_0_QS..Q8_0_QS + QK];
+    let sum: i16 = qs.iter().map(|&q| i16::from(q as i8)).sum();
+    dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&sum.to_le_bytes());
+    for t in 0..8 {
+        let at = 64 + t * 64 + 4 * r;
+        dst[at..at + 4].copy_from_slice(&qs[4 * t..4 * t + 4]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_it_cannot_pack() {
+        let row = GgmlType::Q4_1.row_bytes(64).unwrap();
+        assert!(PackedMatrix::new(GgmlType::Q4_1, 15, 64, &vec![0; 15 * row]).is_none());
+        assert!(PackedMatrix::new(GgmlType::Q4_1, 16, 64, &vec![0; 16 * row - 1]).is_none());
+        let row0 = GgmlType::Q4_0.row_bytes(64).unwrap();
+        // (Q4_0 has no 16-row kernel.)
+        assert!(PackedMatrix::new(GgmlType::Q4_0, 16, 64, &vec![0; 16 * row0]).is_none());
+    }
+}

@@ -1,0 +1,107 @@
+//! The 16-row packed kernels against the scalar reference, and batch
+//! independence (a row's result must not depend on how many activation rows
+//! are computed together).
+
+mod common;
+
+use common::{dequantize, quantize, random_row, Rng};
+use quant::packed::{PackedMatrix, GROUP};
+use quant::{reference, GgmlType};
+
+/// The formats with a 16-row kernel.
+const TYPES: [GgmlType; 2] = [GgmlType::Q4_1, GgmlType::Q8_0];
+
+/// A random matrix, some rows with quants at their limits.
+fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let nb = cols / ty.block_size();
+    // Quants follow the f16 scale (and Q4_1's f16 minimum).
+    let quants = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+    let mut data = Vec::new();
+    for r in 0..rows {
+        let mut row = random_row(rng, ty, nb);
+        if r % 5 == 4 {
+            let fill = [0x00u8, 0xff, 0x88, 0x80, 0x7f][r % 5];
+            for b in row.chunks_mut(ty.type_size()) {
+                b[quants..].fill(fill);
+            }
+        }
+        data.extend_from_slice(&row);
+    }
+    data
+}
+
+fn abs_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
+    let wf = dequantize(ty, w, n);
+    let af = dequantize(ty.vec_dot_type(), a, n);
+    wf.iter().zip(&af).map(|(x, y)| (x * y).abs()).sum()
+}
+
+#[test]
+fn packed_kernels_match_reference() {
+    let mut rng = Rng::new(21);
+    for (ty, cols) in TYPES
+        .into_iter()
+        .flat_map(|t| [32, 64, 96, 576, 1536].map(|c| (t, c)))
+    {
+        let rows = 2 * GROUP;
+        let data = matrix(&mut rng, ty, rows, cols);
+        let Some(packed) = PackedMatrix::new(ty, rows, cols, &data) else {
+            assert!(!quant::packed_kernels_available(), "{ty} was not packed");
+            eprintln!("no packed kernels on this CPU; skipping");
+            return;
+        };
+        let acts: Vec<Vec<u8>> = (0..6)
+            .map(|_| quantize(ty.vec_dot_type(), &rng.normal_vec(cols, 2.0)))
+            .collect();
+        let refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
+        let row_bytes = ty.row_bytes(cols).unwrap();
+        for g in 0..rows / GROUP {
+            let mut out = vec![[f32::NAN; GROUP]; refs.len()];
+            packed.group_dots(g, &refs, &mut out);
+            for (k, a) in refs.iter().enumerate() {
+                for r in 0..GROUP {
+                    let w = &data[(g * GROUP + r) * row_bytes..][..row_bytes];
+                    let want = reference::vec_dot(ty, cols, w, a);
+                    let bound = 1e-5 * abs_dot(ty, w, a, cols) + 1e-6;
+                    let got = out[k][r];
+                    assert!(
+                        (got - want).abs() <= bound,
+                        "{ty} cols {cols} group {g} row {r} act {k}: {got} vs {want} (bound {bound})"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_results_do_not_depend_on_the_batch() {
+    let mut rng = Rng::new(22);
+    for ty in TYPES {
+        let (rows, cols) = (3 * GROUP, 192);
+        let data = matrix(&mut rng, ty, rows, cols);
+        let Some(packed) = PackedMatrix::new(ty, rows, cols, &data) else {
+            assert!(!quant::packed_kernels_available(), "{ty} was not packed");
+            return;
+        };
+        let acts: Vec<Vec<u8>> = (0..11)
+            .map(|_| quantize(ty.vec_dot_type(), &rng.normal_vec(cols, 1.0)))
+            .collect();
+        let refs: Vec<&[u8]> = acts.iter().map(|a| a.as_slice()).collect();
+        for g in 0..rows / GROUP {
+            let mut all = vec![[0.0; GROUP]; refs.len()];
+            packed.group_dots(g, &refs, &mut all);
+            for (k, a) in refs.iter().enumerate() {
+                let mut one = [[0.0; GROUP]];
+                packed.group_dots(g, &[a], &mut one);
+                for r in 0..GROUP {
+                    assert_eq!(
+                        one[0][r].to_bits(),
+                        all[k][r].to_bits(),
+                        "{ty} group {g} act {k} row {r}"
+                    );
+                }
+            }
+        }
+    }
+}
