@@ -103,6 +103,7 @@ macro_rules! packed_multi {
 
 packed_multi!(packed_q4_1_multi, packed_q4_1);
 packed_multi!(packed_q8_0_multi, packed_q8_0);
+packed_multi!(packed_q4k_multi, packed_q4k);
 
 avx512_fn! {
     /// The 16-row Q8_0 kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b`, with
@@ -137,6 +138,67 @@ avx512_fn! {
                 let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
                 let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
                 acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
+            }
+        }
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}
+
+avx512_fn! {
+    /// The 16-row Q4_K kernel against Q8_K activations:
+    /// `out[c][r] = sum_blocks d_a * (d_w * sum_s sc_s * dot_s - dmin_w * sum_s mn_s * bsum_s)`
+    /// with exact integer sums (see [`crate::packed`] for the layout).
+    #[inline]
+    unsafe fn packed_q4k<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [[f32; 16]; NC] {
+        use crate::packed::Q4KX16_BYTES;
+        let low = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let wb = w.add(b * Q4KX16_BYTES);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(wb.add(32).cast()));
+            let mut isum = [_mm512_setzero_si512(); NC];
+            for s in 0..8 {
+                let (j, high) = (s / 2, s % 2 == 1);
+                let pair = wb.add(448 + 512 * j);
+                _mm_prefetch::<_MM_HINT_T0>(pair.wrapping_add(Q4KX16_BYTES).cast());
+                let mut q = [_mm512_setzero_si512(); 8];
+                for (t, qt) in q.iter_mut().enumerate() {
+                    let z = _mm512_loadu_si512(pair.add(64 * t).cast());
+                    let z = if high { _mm512_srli_epi16::<4>(z) } else { z };
+                    *qt = _mm512_and_si512(z, low);
+                }
+                let scale = _mm512_cvtepu8_epi32(_mm_loadu_si128(wb.add(64 + 16 * s).cast()));
+                for c in 0..NC {
+                    let qa = a[c].add(b * Q8K_BYTES + Q8K_QS + 32 * s);
+                    let bcast = |k: usize| _mm512_set1_epi32(qa.add(4 * k).cast::<i32>().read_unaligned());
+                    let mut d0 = _mm512_setzero_si512();
+                    let mut d1 = _mm512_setzero_si512();
+                    for t in 0..4 {
+                        d0 = _mm512_dpbusd_epi32(d0, q[2 * t], bcast(2 * t));
+                        d1 = _mm512_dpbusd_epi32(d1, q[2 * t + 1], bcast(2 * t + 1));
+                    }
+                    isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(_mm512_add_epi32(d0, d1), scale));
+                }
+            }
+            for c in 0..NC {
+                let ab = a[c].add(b * Q8K_BYTES);
+                let bs = ab.add(Q8K_BSUMS).cast::<i16>();
+                // sum_s mn_s * bsum_s, bsum_s the sum of sub-block s's 32 activation quants
+                let mut msum = _mm512_setzero_si512();
+                for k in 0..4 {
+                    let sub = |s: usize| bs.add(2 * s).read_unaligned().wrapping_add(bs.add(2 * s + 1).read_unaligned());
+                    let pair = (sub(2 * k) as u16 as u32) | ((sub(2 * k + 1) as u16 as u32) << 16);
+                    let mins = _mm512_loadu_si512(wb.add(192 + 64 * k).cast());
+                    msum = _mm512_dpwssd_epi32(msum, mins, _mm512_set1_epi32(pair as i32));
+                }
+                let da = _mm512_set1_ps(ab.add(Q8K_D).cast::<f32>().read_unaligned());
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[c]), acc[c]);
+                acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum), acc[c]);
             }
         }
         let mut out = [[0.0; 16]; NC];

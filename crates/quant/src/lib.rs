@@ -143,7 +143,10 @@ pub(crate) fn check_quantize_args(ty: GgmlType, src: &[f32], dst: &[u8]) -> Resu
 #[inline(always)]
 pub(crate) fn check_dot_lengths(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) {
     let bs = ty.block_size();
-    assert!(n.is_multiple_of(bs), "vec_dot: {n} not a multiple of {bs} ({ty})");
+    assert!(
+        n.is_multiple_of(bs),
+        "vec_dot: {n} not a multiple of {bs} ({ty})"
+    );
     let nb = n / bs;
     assert!(
         w.len() >= nb * ty.type_size() && act.len() >= nb * ty.vec_dot_type().type_size(),

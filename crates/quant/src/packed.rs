@@ -31,6 +31,16 @@
 //! `vpdpbusd` multiplies unsigned by signed bytes, and here both operands are
 //! signed, so the kernel offsets the activation quants by 128 (making them
 //! unsigned) and subtracts `128 * sum` of the row's quants, which is exact.
+//! Q4_K ([`Q4KX16_BYTES`] bytes per 256-element super-block):
+//!
+//! ```text
+//! d[16], dmin[16]: f16
+//! sc[8][16]: u8           sub-block s's 6-bit scale, row r
+//! mn[4][16][2]: i16       the mins of sub-blocks 2k and 2k+1, row r (for vpdpwssd)
+//! qs[4][8][16][4]         pair j, chunk t, row r: bytes 32j+4t..32j+4t+4 of row r's qs
+//! ```
+//!
+//! (Low nibbles of pair `j` are sub-block `2j`, high nibbles sub-block `2j+1`.)
 //!
 //! Results: the integer block sums are exact (as in [`crate::reference`]); per
 //! (row, activation row) the block terms are accumulated in block order with
@@ -47,6 +57,8 @@ pub const GROUP: usize = 16;
 pub const Q4_1X16_BYTES: usize = GROUP * Q4_1_BYTES;
 /// Bytes of one packed Q8_0 block of 16 rows (the quant sums are extra).
 pub const Q8_0X16_BYTES: usize = GROUP * (Q8_0_BYTES + 2);
+/// Bytes of one packed Q4_K super-block of 16 rows (scales and mins unpacked).
+pub const Q4KX16_BYTES: usize = GROUP * (4 + 8 + 16 + 128);
 
 /// A weight matrix repacked for the 16-row kernels.
 pub struct PackedMatrix {
@@ -76,6 +88,7 @@ impl PackedMatrix {
         let packed_block = match ty {
             GgmlType::Q4_1 => Q4_1X16_BYTES,
             GgmlType::Q8_0 => Q8_0X16_BYTES,
+            GgmlType::Q4K => Q4KX16_BYTES,
             _ => return None,
         };
         if !rows.is_multiple_of(GROUP) || !crate::packed_kernels_available() {
@@ -85,7 +98,7 @@ impl PackedMatrix {
         if data.len() != rows * row_bytes {
             return None;
         }
-        let nb = cols / QK;
+        let nb = cols / ty.block_size();
         let block_bytes = ty.type_size();
         let mut out = vec![0u8; rows / GROUP * nb * packed_block];
         for g in 0..rows / GROUP {
@@ -95,7 +108,8 @@ impl PackedMatrix {
                     let src = &data[(g * GROUP + r) * row_bytes + b * block_bytes..][..block_bytes];
                     match ty {
                         GgmlType::Q4_1 => pack_q4_1_row(src, r, dst),
-                        _ => pack_q8_0_row(src, r, dst),
+                        GgmlType::Q8_0 => pack_q8_0_row(src, r, dst),
+                        _ => pack_q4k_row(src, r, dst),
                     }
                 }
             }
@@ -128,7 +142,7 @@ impl PackedMatrix {
         for a in acts {
             assert_eq!(Some(a.len()), act_bytes, "group_dots: activation row size");
         }
-        let nb = self.cols / QK;
+        let nb = self.cols / self.ty.block_size();
         let block = self.data.len() / (self.rows / GROUP * nb);
         let w = &self.data[group * nb * block..][..nb * block];
         #[cfg(target_arch = "x86_64")]
@@ -137,7 +151,8 @@ impl PackedMatrix {
         unsafe {
             match self.ty {
                 GgmlType::Q4_1 => crate::avx512::packed_q4_1_multi(nb, w, acts, out),
-                _ => crate::avx512::packed_q8_0_multi(nb, w, acts, out),
+                GgmlType::Q8_0 => crate::avx512::packed_q8_0_multi(nb, w, acts, out),
+                _ => crate::avx512::packed_q4k_multi(nb, w, acts, out),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -167,6 +182,27 @@ fn pack_q8_0_row(src: &[u8], r: usize, dst: &mut [u8]) {
     for t in 0..8 {
         let at = 64 + t * 64 + 4 * r;
         dst[at..at + 4].copy_from_slice(&qs[4 * t..4 * t + 4]);
+    }
+}
+
+/// Row `r` (of 16) of a Q4_K super-block into the packed block `dst`.
+fn pack_q4k_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&src[Q4K_D..Q4K_D + 2]);
+    dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&src[Q4K_DMIN..Q4K_DMIN + 2]);
+    let (sc, mn) = k4_scales_mins(&src[Q4K_SCALES..Q4K_SCALES + 12]);
+    for s in 0..8 {
+        dst[64 + 16 * s + r] = sc[s];
+    }
+    for k in 0..4 {
+        let at = 192 + 64 * k + 4 * r;
+        dst[at..at + 2].copy_from_slice(&i16::from(mn[2 * k]).to_le_bytes());
+        dst[at + 2..at + 4].copy_from_slice(&i16::from(mn[2 * k + 1]).to_le_bytes());
+    }
+    for j in 0..4 {
+        for t in 0..8 {
+            let at = 448 + 512 * j + 64 * t + 4 * r;
+            dst[at..at + 4].copy_from_slice(&src[Q4K_QS + 32 * j + 4 * t..][..4]);
+        }
     }
 }
 

@@ -9,13 +9,17 @@ use quant::packed::{PackedMatrix, GROUP};
 use quant::{reference, GgmlType};
 
 /// The formats with a 16-row kernel.
-const TYPES: [GgmlType; 2] = [GgmlType::Q4_1, GgmlType::Q8_0];
+const TYPES: [GgmlType; 3] = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K];
 
 /// A random matrix, some rows with quants at their limits.
 fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let nb = cols / ty.block_size();
     // Quants follow the f16 scale (and Q4_1's f16 minimum).
-    let quants = if ty == GgmlType::Q4_1 { 4 } else { 2 };
+    let quants = match ty {
+        GgmlType::Q4_1 => 4,
+        GgmlType::Q4K => 16,
+        _ => 2,
+    };
     let mut data = Vec::new();
     for r in 0..rows {
         let mut row = random_row(rng, ty, nb);
@@ -41,7 +45,7 @@ fn packed_kernels_match_reference() {
     let mut rng = Rng::new(21);
     for (ty, cols) in TYPES
         .into_iter()
-        .flat_map(|t| [32, 64, 96, 576, 1536].map(|c| (t, c)))
+        .flat_map(|t| [1, 2, 3, 18, 48].map(|b| (t, b * t.block_size())))
     {
         let rows = 2 * GROUP;
         let data = matrix(&mut rng, ty, rows, cols);
@@ -78,7 +82,7 @@ fn packed_kernels_match_reference() {
 fn packed_results_do_not_depend_on_the_batch() {
     let mut rng = Rng::new(22);
     for ty in TYPES {
-        let (rows, cols) = (3 * GROUP, 192);
+        let (rows, cols) = (3 * GROUP, 3 * ty.block_size());
         let data = matrix(&mut rng, ty, rows, cols);
         let Some(packed) = PackedMatrix::new(ty, rows, cols, &data) else {
             assert!(!quant::packed_kernels_available(), "{ty} was not packed");
