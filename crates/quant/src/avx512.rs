@@ -104,6 +104,7 @@ macro_rules! packed_multi {
 packed_multi!(packed_q4_1_multi, packed_q4_1);
 packed_multi!(packed_q8_0_multi, packed_q8_0);
 packed_multi!(packed_q4k_multi, packed_q4k);
+packed_multi!(packed_q5_0_multi, packed_q5_0);
 
 avx512_fn! {
     /// The 16-row Q8_0 kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b`, with
@@ -199,6 +200,59 @@ avx512_fn! {
                 let da = _mm512_set1_ps(ab.add(Q8K_D).cast::<f32>().read_unaligned());
                 acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[c]), acc[c]);
                 acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum), acc[c]);
+            }
+        }
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}
+
+avx512_fn! {
+    /// The 16-row Q5_0 kernel against Q8_0 activations: the quants are rebuilt
+    /// as signed bytes from the nibbles and fifth-bit masks, then as Q8_0.
+    #[inline]
+    unsafe fn packed_q5_0<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [[f32; 16]; NC] {
+        use crate::packed::Q5_0X16_BYTES;
+        let low = _mm512_set1_epi8(0x0f);
+        let minus16 = _mm512_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let wb = w.add(b * Q5_0X16_BYTES);
+            _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(2 * Q5_0X16_BYTES).cast());
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
+            let offset = _mm512_slli_epi32::<7>(_mm512_cvtepi16_epi32(_mm256_loadu_si256(wb.add(32).cast())));
+            let masks = wb.add(320).cast::<u64>();
+            let mut q = [_mm512_setzero_si512(); 8];
+            for t in 0..4 {
+                let z = _mm512_loadu_si512(wb.add(64 + 64 * t).cast());
+                let halves = [_mm512_and_si512(z, low), _mm512_and_si512(_mm512_srli_epi16::<4>(z), low)];
+                for (h, nibble) in halves.into_iter().enumerate() {
+                    // (nibble | bit4 << 4) - 16: the nibble where the bit is set,
+                    // else nibble - 16 = nibble | 0xF0 as a signed byte.
+                    let bit4 = masks.add(4 * h + t).read_unaligned();
+                    q[4 * h + t] = _mm512_mask_blend_epi8(bit4, _mm512_or_si512(nibble, minus16), nibble);
+                }
+            }
+            for c in 0..NC {
+                let ab = a[c].add(b * Q8_0_BYTES);
+                let qa = ab.add(Q8_0_QS);
+                let bcast = |k: usize| {
+                    let x = qa.add(4 * k).cast::<u32>().read_unaligned() ^ 0x8080_8080;
+                    _mm512_set1_epi32(x as i32)
+                };
+                // Activation elements 4t.. meet q[t] (low nibbles), 16+4t.. q[4+t].
+                let mut d0 = _mm512_setzero_si512();
+                let mut d1 = _mm512_setzero_si512();
+                for t in 0..4 {
+                    d0 = _mm512_dpbusd_epi32(d0, bcast(t), q[t]);
+                    d1 = _mm512_dpbusd_epi32(d1, bcast(4 + t), q[4 + t]);
+                }
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
+                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
             }
         }
         let mut out = [[0.0; 16]; NC];

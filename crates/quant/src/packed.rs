@@ -41,6 +41,16 @@
 //! ```
 //!
 //! (Low nibbles of pair `j` are sub-block `2j`, high nibbles sub-block `2j+1`.)
+//! Q5_0 ([`Q5_0X16_BYTES`] bytes): like Q4_1's nibbles, with the fifth bits as
+//! masks, and the sums of the signed quants as for Q8_0:
+//!
+//! ```text
+//! d[16]: f16
+//! sum[16]: i16            the sum of each row's 32 signed quants
+//! qs[4][16][4]            as Q4_1
+//! high[8]: u64            bit 4r+k of mask t (t < 4: low nibbles of chunk t,
+//!                         else high nibbles of chunk t-4): the fifth bit
+//! ```
 //!
 //! Results: the integer block sums are exact (as in [`crate::reference`]); per
 //! (row, activation row) the block terms are accumulated in block order with
@@ -57,6 +67,8 @@ pub const GROUP: usize = 16;
 pub const Q4_1X16_BYTES: usize = GROUP * Q4_1_BYTES;
 /// Bytes of one packed Q8_0 block of 16 rows (the quant sums are extra).
 pub const Q8_0X16_BYTES: usize = GROUP * (Q8_0_BYTES + 2);
+/// Bytes of one packed Q5_0 block of 16 rows.
+pub const Q5_0X16_BYTES: usize = 32 + 32 + 256 + 64;
 /// Bytes of one packed Q4_K super-block of 16 rows (scales and mins unpacked).
 pub const Q4KX16_BYTES: usize = GROUP * (4 + 8 + 16 + 128);
 
@@ -88,6 +100,7 @@ impl PackedMatrix {
         let packed_block = match ty {
             GgmlType::Q4_1 => Q4_1X16_BYTES,
             GgmlType::Q8_0 => Q8_0X16_BYTES,
+            GgmlType::Q5_0 => Q5_0X16_BYTES,
             GgmlType::Q4K => Q4KX16_BYTES,
             _ => return None,
         };
@@ -109,6 +122,7 @@ impl PackedMatrix {
                     match ty {
                         GgmlType::Q4_1 => pack_q4_1_row(src, r, dst),
                         GgmlType::Q8_0 => pack_q8_0_row(src, r, dst),
+                        GgmlType::Q5_0 => pack_q5_0_row(src, r, dst),
                         _ => pack_q4k_row(src, r, dst),
                     }
                 }
@@ -152,6 +166,7 @@ impl PackedMatrix {
             match self.ty {
                 GgmlType::Q4_1 => crate::avx512::packed_q4_1_multi(nb, w, acts, out),
                 GgmlType::Q8_0 => crate::avx512::packed_q8_0_multi(nb, w, acts, out),
+                GgmlType::Q5_0 => crate::avx512::packed_q5_0_multi(nb, w, acts, out),
                 _ => crate::avx512::packed_q4k_multi(nb, w, acts, out),
             }
         }
@@ -182,6 +197,48 @@ fn pack_q8_0_row(src: &[u8], r: usize, dst: &mut [u8]) {
     for t in 0..8 {
         let at = 64 + t * 64 + 4 * r;
         dst[at..at + 4].copy_from_slice(&qs[4 * t..4 * t + 4]);
+    }
+}
+
+/// Row `r` (of 16) of a Q5_0 block into the packed block `dst`.
+fn pack_q5_0_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);
+    let qh = u32::from_le_bytes([
+        src[Q5_0_QH],
+        src[Q5_0_QH + 1],
+        src[Q5_0_QH + 2],
+        src[Q5_0_QH + 3],
+    ]);
+    let qs = &src[Q5_0_QS..Q5_0_QS + 16];
+    // Element e: nibble (low of qs[e] for e < 16, high of qs[e - 16]) | bit e of qh << 4.
+    let quant = |e: usize| {
+        let nibble = if e < 16 {
+            qs[e] & 0x0f
+        } else {
+            qs[e - 16] >> 4
+        };
+        i16::from(nibble | (((qh >> e) & 1) as u8) << 4) - 16
+    };
+    let sum: i16 = (0..QK).map(quant).sum();
+    dst[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&sum.to_le_bytes());
+    for t in 0..4 {
+        let at = 64 + t * 64 + 4 * r;
+        dst[at..at + 4].copy_from_slice(&qs[4 * t..4 * t + 4]);
+    }
+    for m in 0..8 {
+        let at = 320 + 8 * m;
+        let mut mask = u64::from_le_bytes(dst[at..at + 8].try_into().expect("8 bytes"));
+        for k in 0..4 {
+            let e = if m < 4 {
+                4 * m + k
+            } else {
+                16 + 4 * (m - 4) + k
+            };
+            if (qh >> e) & 1 == 1 {
+                mask |= 1 << (4 * r + k);
+            }
+        }
+        dst[at..at + 8].copy_from_slice(&mask.to_le_bytes());
     }
 }
 

@@ -9,7 +9,12 @@ use quant::packed::{PackedMatrix, GROUP};
 use quant::{reference, GgmlType};
 
 /// The formats with a 16-row kernel.
-const TYPES: [GgmlType; 3] = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4K];
+const TYPES: [GgmlType; 4] = [
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q5_0,
+    GgmlType::Q4K,
+];
 
 /// A random matrix, some rows with quants at their limits.
 fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
@@ -18,6 +23,7 @@ fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let quants = match ty {
         GgmlType::Q4_1 => 4,
         GgmlType::Q4K => 16,
+        GgmlType::Q5_0 => 2, // the fifth bits too
         _ => 2,
     };
     let mut data = Vec::new();
