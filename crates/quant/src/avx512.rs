@@ -105,6 +105,7 @@ packed_multi!(packed_q4_1_multi, packed_q4_1);
 packed_multi!(packed_q8_0_multi, packed_q8_0);
 packed_multi!(packed_q4k_multi, packed_q4k);
 packed_multi!(packed_q5_0_multi, packed_q5_0);
+packed_multi!(packed_q6k_multi, packed_q6k);
 
 avx512_fn! {
     /// The 16-row Q8_0 kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b`, with
@@ -253,6 +254,65 @@ avx512_fn! {
                 let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
                 let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
                 acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
+            }
+        }
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}
+
+avx512_fn! {
+    /// The 16-row Q6_K kernel against Q8_K activations:
+    /// `out[c][r] = sum_blocks d_w * d_a * sum_s sc_s * (sum u * q_a - 32 * bsum_s)`
+    /// over the 16 sub-blocks of 16 elements (see [`crate::packed`]).
+    #[inline]
+    unsafe fn packed_q6k<const NC: usize>(nb: usize, w: *const u8, a: [*const u8; NC]) -> [[f32; 16]; NC] {
+        use crate::packed::Q6KX16_BYTES;
+        let low = _mm512_set1_epi8(0x0f);
+        let top = _mm512_set1_epi8(0x30);
+        let mut acc = [_mm512_setzero_ps(); NC];
+        for b in 0..nb {
+            let wb = w.add(b * Q6KX16_BYTES);
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
+            let mut isum = [_mm512_setzero_si512(); NC];
+            for s in 0..16 {
+                let nib0 = _mm512_loadu_si512(wb.add(288 + 64 * (2 * s)).cast());
+                let nib1 = _mm512_loadu_si512(wb.add(288 + 64 * (2 * s + 1)).cast());
+                let hb = _mm512_loadu_si512(wb.add(288 + 2048 + 64 * s).cast());
+                _mm_prefetch::<_MM_HINT_T0>(wb.wrapping_add(Q6KX16_BYTES + 288 + 128 * s).cast());
+                // Chunk 4s+i: nibble | top bits << 4 (16-bit shifts, then byte masks).
+                let u = [
+                    _mm512_or_si512(_mm512_and_si512(nib0, low), _mm512_and_si512(_mm512_slli_epi16::<4>(hb), top)),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(nib0), low),
+                        _mm512_and_si512(_mm512_slli_epi16::<2>(hb), top),
+                    ),
+                    _mm512_or_si512(_mm512_and_si512(nib1, low), _mm512_and_si512(hb, top)),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(nib1), low),
+                        _mm512_and_si512(_mm512_srli_epi16::<2>(hb), top),
+                    ),
+                ];
+                let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(wb.add(32 + 16 * s).cast()));
+                for c in 0..NC {
+                    let ab = a[c].add(b * Q8K_BYTES);
+                    let qa = ab.add(Q8K_QS + 16 * s);
+                    let bcast = |k: usize| _mm512_set1_epi32(qa.add(4 * k).cast::<i32>().read_unaligned());
+                    let mut dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u[0], bcast(0));
+                    dot = _mm512_dpbusd_epi32(dot, u[1], bcast(1));
+                    dot = _mm512_dpbusd_epi32(dot, u[2], bcast(2));
+                    dot = _mm512_dpbusd_epi32(dot, u[3], bcast(3));
+                    let bsum = i32::from(ab.add(Q8K_BSUMS + 2 * s).cast::<i16>().read_unaligned());
+                    let signed = _mm512_sub_epi32(dot, _mm512_set1_epi32(32 * bsum));
+                    isum[c] = _mm512_add_epi32(isum[c], _mm512_mullo_epi32(signed, scale));
+                }
+            }
+            for c in 0..NC {
+                let da = _mm512_set1_ps(a[c].add(b * Q8K_BYTES + Q8K_D).cast::<f32>().read_unaligned());
+                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[c]), acc[c]);
             }
         }
         let mut out = [[0.0; 16]; NC];

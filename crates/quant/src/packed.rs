@@ -52,6 +52,18 @@
 //!                         else high nibbles of chunk t-4): the fifth bit
 //! ```
 //!
+//! Q6_K ([`Q6KX16_BYTES`] bytes per super-block, the size of 16 GGUF blocks): the
+//! unsigned 6-bit quants `u = q + 32` in chunks of 4 elements (64 per super-block),
+//! as a nibble plane and a two-bit plane; the `-32` is applied exactly with Q8_K's
+//! sums of 16 activation quants:
+//!
+//! ```text
+//! d[16]: f16
+//! sc[16][16]: i8          sub-block s's scale, row r
+//! nib[32][16][4]          plane p, row r: low nibbles chunk 2p, high nibbles 2p+1
+//! top[16][16][4]          plane q, row r: bits 2i..2i+2 are the top bits of chunk 4q+i
+//! ```
+//!
 //! Results: the integer block sums are exact (as in [`crate::reference`]); per
 //! (row, activation row) the block terms are accumulated in block order with
 //! fused multiply-adds, the same instructions whatever the number of
@@ -69,6 +81,8 @@ pub const Q4_1X16_BYTES: usize = GROUP * Q4_1_BYTES;
 pub const Q8_0X16_BYTES: usize = GROUP * (Q8_0_BYTES + 2);
 /// Bytes of one packed Q5_0 block of 16 rows.
 pub const Q5_0X16_BYTES: usize = 32 + 32 + 256 + 64;
+/// Bytes of one packed Q6_K super-block of 16 rows.
+pub const Q6KX16_BYTES: usize = GROUP * Q6K_BYTES;
 /// Bytes of one packed Q4_K super-block of 16 rows (scales and mins unpacked).
 pub const Q4KX16_BYTES: usize = GROUP * (4 + 8 + 16 + 128);
 
@@ -102,6 +116,7 @@ impl PackedMatrix {
             GgmlType::Q8_0 => Q8_0X16_BYTES,
             GgmlType::Q5_0 => Q5_0X16_BYTES,
             GgmlType::Q4K => Q4KX16_BYTES,
+            GgmlType::Q6K => Q6KX16_BYTES,
             _ => return None,
         };
         if !rows.is_multiple_of(GROUP) || !crate::packed_kernels_available() {
@@ -123,7 +138,8 @@ impl PackedMatrix {
                         GgmlType::Q4_1 => pack_q4_1_row(src, r, dst),
                         GgmlType::Q8_0 => pack_q8_0_row(src, r, dst),
                         GgmlType::Q5_0 => pack_q5_0_row(src, r, dst),
-                        _ => pack_q4k_row(src, r, dst),
+                        GgmlType::Q4K => pack_q4k_row(src, r, dst),
+                        _ => pack_q6k_row(src, r, dst),
                     }
                 }
             }
@@ -167,7 +183,8 @@ impl PackedMatrix {
                 GgmlType::Q4_1 => crate::avx512::packed_q4_1_multi(nb, w, acts, out),
                 GgmlType::Q8_0 => crate::avx512::packed_q8_0_multi(nb, w, acts, out),
                 GgmlType::Q5_0 => crate::avx512::packed_q5_0_multi(nb, w, acts, out),
-                _ => crate::avx512::packed_q4k_multi(nb, w, acts, out),
+                GgmlType::Q4K => crate::avx512::packed_q4k_multi(nb, w, acts, out),
+                _ => crate::avx512::packed_q6k_multi(nb, w, acts, out),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -259,6 +276,31 @@ fn pack_q4k_row(src: &[u8], r: usize, dst: &mut [u8]) {
         for t in 0..8 {
             let at = 448 + 512 * j + 64 * t + 4 * r;
             dst[at..at + 4].copy_from_slice(&src[Q4K_QS + 32 * j + 4 * t..][..4]);
+        }
+    }
+}
+
+/// Row `r` (of 16) of a Q6_K super-block into the packed block `dst`.
+fn pack_q6k_row(src: &[u8], r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&src[Q6K_D..Q6K_D + 2]);
+    for s in 0..16 {
+        dst[32 + 16 * s + r] = src[Q6K_SCALES + s];
+    }
+    let (ql, qh) = (&src[Q6K_QL..Q6K_QL + 128], &src[Q6K_QH..Q6K_QH + 64]);
+    // The unsigned quant (q + 32) of element e, in ggml's Q6_K element order.
+    let unsigned = |e: usize| {
+        let (n, k, l) = (e / 128, (e % 128) / 32, e % 32);
+        let byte = ql[64 * n + l + 32 * (k % 2)];
+        let nibble = if k < 2 { byte & 0x0f } else { byte >> 4 };
+        nibble | ((qh[32 * n + l] >> (2 * k)) & 3) << 4
+    };
+    for chunk in 0..64 {
+        for i in 0..4 {
+            let u = unsigned(4 * chunk + i);
+            let nib = 288 + 64 * (chunk / 2) + 4 * r + i;
+            dst[nib] |= (u & 0x0f) << (4 * (chunk % 2));
+            let top = 288 + 2048 + 64 * (chunk / 4) + 4 * r + i;
+            dst[top] |= (u >> 4) << (2 * (chunk % 4));
         }
     }
 }

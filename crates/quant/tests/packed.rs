@@ -20,6 +20,7 @@ const TYPES: [GgmlType; 4] = [
 fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
     let nb = cols / ty.block_size();
     // Quants follow the f16 scale (and Q4_1's f16 minimum).
+    // (Q6_K: quants first, the scales and d after them are kept.)
     let quants = match ty {
         GgmlType::Q4_1 => 4,
         GgmlType::Q4K => 16,
@@ -32,7 +33,11 @@ fn matrix(rng: &mut Rng, ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
         if r % 5 == 4 {
             let fill = [0x00u8, 0xff, 0x88, 0x80, 0x7f][r % 5];
             for b in row.chunks_mut(ty.type_size()) {
-                b[quants..].fill(fill);
+                if ty == GgmlType::Q6K {
+                    b[..192].fill(fill);
+                } else {
+                    b[quants..].fill(fill);
+                }
             }
         }
         data.extend_from_slice(&row);
