@@ -350,6 +350,23 @@ impl GgufFile {
     pub fn bytes(&self) -> &[u8] {
         &self.mmap
     }
+
+    /// Drops this process's pages of bytes `start..start + len` of the file (e.g. a
+    /// tensor the engine keeps in another layout); reading them later maps them in
+    /// again from the file. Only a hint: errors are ignored.
+    pub fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is private and read-only, so MADV_DONTNEED cannot lose
+        // data: a later read of a dropped page faults it in from the file again with
+        // the same bytes, and no reference into the mapping sees different contents.
+        unsafe {
+            let _ =
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
+    }
 }
 
 #[cfg(test)]

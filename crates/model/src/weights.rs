@@ -22,6 +22,14 @@ pub enum Backing {
 }
 
 impl Backing {
+    /// Drops the resident pages of a memory-mapped range that the forward pass no
+    /// longer reads (its matrix was repacked); owned bytes stay.
+    fn release(&self, start: usize, len: usize) {
+        if let Backing::Gguf(f) = self {
+            f.release(start, len);
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
             Backing::Gguf(f) => f.bytes(),
@@ -87,6 +95,11 @@ impl Matrix {
             &backing.bytes()[start..start + rows * row_bytes],
         )
         .map(Arc::new);
+        if packed.is_some() {
+            // The fast path reads the packed copy; the GGUF rows (reference path,
+            // embedding lookup) come back from the file if they are read again.
+            backing.release(start, rows * row_bytes);
+        }
         Ok(Matrix {
             name: name.to_string(),
             ty,
