@@ -17,7 +17,7 @@
 //! requests against [`crate::Session::generate`]).
 //!
 //! Speculative decoding per sequence ([`SequenceRequest::speculative`], the model-free
-//! drafters `lookup` and `recycle`): a decoding sequence with a drafter feeds its
+//! drafters `lookup`, `recycle` and `ngram-adaptive`): a decoding sequence with a drafter feeds its
 //! pending token plus a draft tree (tree attention mask, positions by depth) instead of
 //! one token, in the same batched pass as everyone else. The rows are then walked from
 //! the root with the sequence's own sampler: the token it picks from a node's row is
@@ -41,8 +41,8 @@ use model::{
 };
 use sample::{token_report, Sampler};
 use spec::{
-    AdaptiveBudget, AdaptiveConfig, Drafter, LookupConfig, LookupDrafter, RecycleConfig,
-    RecycleDrafter, TokenTree,
+    AdaptiveBudget, AdaptiveConfig, Drafter, LookupConfig, LookupDrafter, NgramAdaptiveConfig,
+    NgramAdaptiveDrafter, RecycleConfig, RecycleDrafter, TokenTree,
 };
 
 use crate::constraint::{ConstrainedSampler, ConstraintMode, Grammar};
@@ -89,8 +89,9 @@ pub struct SequenceRequest {
     pub kv: Option<KvOptions>,
     /// Output constrained by a grammar (JSON schema, ...), and how it is enforced.
     pub grammar: Option<(Grammar, ConstraintMode)>,
-    /// Speculative decoding with a model-free drafter (`lookup` or `recycle`); the
-    /// output is the same as without (see the module documentation).
+    /// Speculative decoding with a model-free drafter (`lookup`, `recycle` or
+    /// `ngram-adaptive`); the output is the same as without (see the module
+    /// documentation).
     pub speculative: Option<SpeculativeMethod>,
 }
 
@@ -194,6 +195,9 @@ impl Speculation {
         let drafter: Box<dyn Drafter + Send> = match method {
             SpeculativeMethod::Lookup => Box::new(LookupDrafter::new(LookupConfig::default())),
             SpeculativeMethod::Recycle => Box::new(RecycleDrafter::new(RecycleConfig::default())),
+            SpeculativeMethod::NgramAdaptive => {
+                Box::new(NgramAdaptiveDrafter::new(NgramAdaptiveConfig::default()))
+            }
             other => return Err(not_batched(other)),
         };
         Ok(Speculation {

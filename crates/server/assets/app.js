@@ -9,7 +9,7 @@ const FALLBACK_INFO = {
   model: null, n_ctx: null,
   samplers: ['greedy', 'default', 'min_p', 'typical', 'mirostat', 'top_k', 'dynatemp'],
   kv_policies: ['full', 'window', 'h2o', 'tova', 'snapkv', 'a2sf', 'keyformer', 'knorm'],
-  kv_dtypes: ['f16', 'int8', 'int4', 'mixed'], speculative: ['none', 'lookup', 'recycle'],
+  kv_dtypes: ['f16', 'int8', 'int4', 'mixed'], speculative: ['none', 'lookup', 'recycle', 'ngram-adaptive'],
 };
 const SCALES = { entropy: [2, 4, 6, 8, 12], surprisal: [4, 6, 10, 15, 20] };
 const STORE_KEY = 'tokenwise.playground.v1';

@@ -181,7 +181,7 @@ pub const KV_DTYPES: &[&str] = KvDtype::NAMES;
 
 /// Speculative modes a request may pick (`tokenwise.speculative`): the model-free
 /// drafters, verified inside the batched step; the output equals plain decoding.
-pub const SPECULATIVE_MODES: [&str; 3] = ["none", "lookup", "recycle"];
+pub const SPECULATIVE_MODES: [&str; 4] = ["none", "lookup", "recycle", "ngram-adaptive"];
 
 fn preset(name: &str) -> Result<SamplerConfig, ApiError> {
     let base = SamplerConfig::default();

@@ -305,7 +305,7 @@ async fn openai_shapes() {
     // with drafts verified and accepted (counted in /metrics).
     let copy = "Repeat: red, green, blue, yellow, purple, orange. Again: red, green, blue, yellow, purple, orange. Again:";
     let mut outs = Vec::new();
-    for spec in ["none", "lookup", "recycle"] {
+    for spec in ["none", "lookup", "recycle", "ngram-adaptive"] {
         let (st, r) = s
             .post(
                 "/v1/completions",

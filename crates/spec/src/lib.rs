@@ -22,13 +22,16 @@
 //! Drafters: [`LookupDrafter`] (prompt lookup: n-gram matches over the context) and
 //! [`RecycleDrafter`] (Token Recycling: the target's top-k successors of every token
 //! it has verified, kept in a bounded adjacency map, expanded along a static tree
-//! template). A smaller draft model (run by the engine) grows its draft with a
+//! template), and [`NgramAdaptiveDrafter`] (ADED: an online tri-gram table over the
+//! context and the verified rows' top-k successors, drafted best-first by path
+//! probability). A smaller draft model (run by the engine) grows its draft with a
 //! [`TreeGrower`]: a chain stopped by the draft's own confidence (SpecDec++'s rule)
 //! or a tree grown greedily by path probability (DySpec).
 
 mod adaptive;
 mod draft;
 mod lookup;
+mod ngram;
 mod recycle;
 mod tree;
 mod verify;
@@ -36,13 +39,14 @@ mod verify;
 pub use adaptive::{AdaptiveBudget, AdaptiveConfig, CostModel};
 pub use draft::{top_probs, GrowConfig, TreeGrower};
 pub use lookup::{LookupConfig, LookupDrafter};
+pub use ngram::{NgramAdaptiveConfig, NgramAdaptiveDrafter};
 pub use recycle::{RecycleConfig, RecycleDrafter, DEFAULT_TEMPLATE};
 pub use tree::TokenTree;
 pub use verify::{verify_chain_stochastic, verify_greedy, GreedyVerdict, StochasticVerdict};
 
 /// Proposes draft tokens and learns from their verification.
 pub trait Drafter {
-    /// Short name for reports (`lookup`, `recycle`).
+    /// Short name for reports (`lookup`, `recycle`, `ngram-adaptive`).
     fn name(&self) -> &'static str;
 
     /// Grows `tree`, whose root (node 0) is the last token of `context` (the prompt

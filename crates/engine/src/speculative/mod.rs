@@ -16,7 +16,7 @@
 //!      └── choice off the tree ◀─ retain_slots(prefix + path) ◀─ walk with the sampler
 //! ```
 //!
-//! Drafters: `lookup` and `recycle` need no model (the `spec` crate); `draft` runs a
+//! Drafters: `lookup`, `recycle` and `ngram-adaptive` need no model (the `spec` crate); `draft` runs a
 //! smaller model with the same tokenizer, which keeps its own cache in sync with the
 //! accepted tokens ([`draft_model`]); `skip` runs the target itself with some layers
 //! skipped, on the target's cache, which it leaves as it found it ([`skip`]).
@@ -30,7 +30,7 @@ use model::{Batch, LogitsFor};
 use sample::{token_report, Sampler, StageReport};
 use spec::{
     AdaptiveBudget, AdaptiveConfig, CostModel, Drafter, GrowConfig, LookupConfig, LookupDrafter,
-    RecycleConfig, RecycleDrafter, TokenTree,
+    NgramAdaptiveDrafter, RecycleConfig, RecycleDrafter, TokenTree,
 };
 
 mod draft_model;
@@ -41,6 +41,8 @@ pub use draft_model::check_same_vocabulary;
 use draft_model::DraftModel;
 use skip::SkipDrafter;
 pub use skip::{SkipConfig, SkipPlan};
+/// The `ngram-adaptive` drafter's settings ([`SpeculativeConfig::ngram`]).
+pub use spec::NgramAdaptiveConfig;
 
 use crate::session::{Generation, GenerationParams, GenerationStats, StopReason, TokenEvent};
 use crate::stop::TokenText;
@@ -53,6 +55,8 @@ pub enum SpeculativeMethod {
     Lookup,
     /// Token Recycling: the model's own top-k successors from earlier verifications.
     Recycle,
+    /// ADED: an online tri-gram table over the context and the verified rows.
+    NgramAdaptive,
     /// A smaller model sharing the target's tokenizer ([`Speculator::with_draft_model`]).
     Draft,
     /// The target with some layers skipped ([`Speculator::with_skip_layers`]).
@@ -60,21 +64,26 @@ pub enum SpeculativeMethod {
 }
 
 impl SpeculativeMethod {
-    pub const ALL: [SpeculativeMethod; 4] = [
+    pub const ALL: [SpeculativeMethod; 5] = [
         SpeculativeMethod::Lookup,
         SpeculativeMethod::Recycle,
+        SpeculativeMethod::NgramAdaptive,
         SpeculativeMethod::Draft,
         SpeculativeMethod::Skip,
     ];
 
     /// The drafters that need no second model ([`Speculator::new`] builds them).
-    pub const MODEL_FREE: [SpeculativeMethod; 2] =
-        [SpeculativeMethod::Lookup, SpeculativeMethod::Recycle];
+    pub const MODEL_FREE: [SpeculativeMethod; 3] = [
+        SpeculativeMethod::Lookup,
+        SpeculativeMethod::Recycle,
+        SpeculativeMethod::NgramAdaptive,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SpeculativeMethod::Lookup => "lookup",
             SpeculativeMethod::Recycle => "recycle",
+            SpeculativeMethod::NgramAdaptive => "ngram-adaptive",
             SpeculativeMethod::Draft => "draft",
             SpeculativeMethod::Skip => "skip",
         }
@@ -105,10 +114,12 @@ impl FromStr for SpeculativeMethod {
         match s {
             "lookup" => Ok(SpeculativeMethod::Lookup),
             "recycle" => Ok(SpeculativeMethod::Recycle),
+            "ngram-adaptive" => Ok(SpeculativeMethod::NgramAdaptive),
             "draft" => Ok(SpeculativeMethod::Draft),
             "skip" => Ok(SpeculativeMethod::Skip),
             _ => Err(EngineError::Invalid(format!(
-                "unknown speculative method {s:?} (expected lookup, recycle, draft or skip)"
+                "unknown speculative method {s:?} (expected lookup, recycle, ngram-adaptive, \
+                 draft or skip)"
             ))),
         }
     }
@@ -131,6 +142,7 @@ pub struct SpeculativeConfig {
     pub probe_after: usize,
     pub lookup: LookupConfig,
     pub recycle: RecycleConfig,
+    pub ngram: NgramAdaptiveConfig,
     /// How `draft` and `skip` grow their drafts.
     pub draft: DraftModelConfig,
     /// Which layers `skip` skips.
@@ -188,6 +200,7 @@ impl SpeculativeConfig {
             probe_after: adaptive.probe_after,
             lookup: LookupConfig::default(),
             recycle: RecycleConfig::default(),
+            ngram: NgramAdaptiveConfig::default(),
             draft: DraftModelConfig::default(),
             skip: SkipConfig::default(),
         }
@@ -201,6 +214,7 @@ impl SpeculativeConfig {
         match self.method {
             SpeculativeMethod::Lookup => self.lookup.validate(),
             SpeculativeMethod::Recycle => self.recycle.validate(),
+            SpeculativeMethod::NgramAdaptive => self.ngram.validate(),
             SpeculativeMethod::Draft => self.draft.grow_config().validate(),
             SpeculativeMethod::Skip => {
                 self.skip.validate()?;
@@ -252,13 +266,16 @@ pub struct Speculator<'d> {
 }
 
 impl Speculator<'static> {
-    /// A model-free drafter (`lookup`, `recycle`); `draft` needs
+    /// A model-free drafter (`lookup`, `recycle`, `ngram-adaptive`); `draft` needs
     /// [`Speculator::with_draft_model`].
     pub fn new(config: &SpeculativeConfig) -> Result<Speculator<'static>> {
         config.validate()?;
         let drafter: Box<dyn Drafter + Send> = match config.method {
             SpeculativeMethod::Lookup => Box::new(LookupDrafter::new(config.lookup.clone())),
             SpeculativeMethod::Recycle => Box::new(RecycleDrafter::new(config.recycle.clone())),
+            SpeculativeMethod::NgramAdaptive => {
+                Box::new(NgramAdaptiveDrafter::new(config.ngram.clone()))
+            }
             SpeculativeMethod::Draft => {
                 return Err(EngineError::Invalid(
                     "the draft drafter needs a draft model (--draft-model)".into(),

@@ -40,10 +40,14 @@ pub struct Args {
     /// passage), chat (Python FAQ questions).
     #[arg(long, value_delimiter = ',', default_value = "code,copy,chat")]
     pub sets: Vec<String>,
-    /// Drafters compared with plain decoding, comma-separated: lookup, recycle, draft,
-    /// draft-chain, draft-tree (the draft ones need --draft-model), skip (layer
-    /// skipping: --skip-layers or calibrated).
-    #[arg(long, value_delimiter = ',', default_value = "lookup,recycle")]
+    /// Drafters compared with plain decoding, comma-separated: lookup, recycle,
+    /// ngram-adaptive, draft, draft-chain, draft-tree (the draft ones need
+    /// --draft-model), skip (layer skipping: --skip-layers or calibrated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lookup,recycle,ngram-adaptive"
+    )]
     pub methods: Vec<String>,
     /// Prompts per set (spread evenly over the source).
     #[arg(long = "prompts", value_name = "N", default_value_t = 10)]
@@ -152,7 +156,8 @@ pub fn run(a: Args) -> Result<()> {
     for (set, prompts) in &sets {
         let mut plain = Cell::default();
         let mut cells = vec![Cell::default(); methods.len()];
-        // One speculator per set: Token Recycling warms up over the set's prompts.
+        // One speculator per set: Token Recycling and ngram-adaptive warm up over the
+        // set's prompts.
         let mut specs = configs
             .iter()
             .map(|c| speculator(c, &loaded, draft_model.as_ref(), true))
@@ -252,8 +257,8 @@ fn method_config(label: &str, draft: &DraftArgs) -> Result<SpeculativeConfig> {
         other => match other.parse() {
             Ok(m) => (m, None),
             Err(_) => bail!(
-                "--methods: unknown drafter {label:?} (lookup, recycle, draft, draft-chain, \
-                 draft-tree, skip)"
+                "--methods: unknown drafter {label:?} (lookup, recycle, ngram-adaptive, draft, \
+                 draft-chain, draft-tree, skip)"
             ),
         },
     };

@@ -2,7 +2,7 @@
 //! arguments) and `bench spec`.
 
 use anyhow::{bail, Context, Result};
-use engine::speculative::SkipConfig;
+use engine::speculative::{NgramAdaptiveConfig, SkipConfig};
 use engine::{DraftModelConfig, SpeculativeConfig, SpeculativeMethod, Speculator};
 use model::LoadedModel;
 
@@ -11,11 +11,13 @@ use crate::models;
 #[derive(clap::Args, Clone, Debug)]
 pub struct SpeculativeArgs {
     /// Lossless speculative decoding (any sampler; the output equals plain decoding
-    /// with the same seed): none, lookup (prompt lookup: copy
-    /// what followed the last n-gram earlier in the text), recycle (Token Recycling:
-    /// the model's own runners-up from earlier steps), draft (a smaller model with
-    /// the same tokenizer, --draft-model) or skip (the model itself with some layers
-    /// skipped, --skip-layers or calibrated at start). The output is unchanged.
+    /// with the same seed): none, lookup (prompt lookup: copy what followed the last
+    /// n-gram earlier in the text), recycle (Token Recycling: the model's own
+    /// runners-up from earlier steps), ngram-adaptive (ADED: an online tri-gram table
+    /// over the text and the model's verified distributions, drafted by path
+    /// probability), draft (a smaller model with the same tokenizer, --draft-model) or
+    /// skip (the model itself with some layers skipped, --skip-layers or calibrated at
+    /// start). The output is unchanged.
     #[arg(long, value_name = "METHOD", default_value = "none")]
     pub speculative: String,
     #[command(flatten)]
@@ -46,6 +48,14 @@ pub struct DraftArgs {
     /// recycle: successors remembered per token (1-8).
     #[arg(long, value_name = "K", default_value_t = 8)]
     pub recycle_k: usize,
+    /// ngram-adaptive: draft a node only while its path probability (the product of
+    /// the tri-gram table's probabilities from the root) is at least P.
+    #[arg(long, value_name = "P", default_value_t = NgramAdaptiveConfig::default().min_path_prob)]
+    pub ngram_min_prob: f32,
+    /// ngram-adaptive: factor on a context's older evidence at each update (0: only
+    /// the newest counts, 1: plain counts).
+    #[arg(long, value_name = "D", default_value_t = NgramAdaptiveConfig::default().decay)]
+    pub ngram_decay: f32,
     /// draft: the draft model, a file or alias sharing the target's tokenizer (e.g.
     /// qwen2.5-coder-0.5b for qwen2.5-coder-1.5b).
     #[arg(long, value_name = "MODEL")]
@@ -90,7 +100,7 @@ impl SpeculativeArgs {
         let method: SpeculativeMethod = match name.parse() {
             Ok(m) => m,
             Err(_) => bail!(
-                "--speculative {:?}: expected none, lookup, recycle, draft or skip",
+                "--speculative {:?}: expected none, lookup, recycle, ngram-adaptive, draft or skip",
                 self.speculative
             ),
         };
@@ -118,6 +128,8 @@ impl DraftArgs {
         c.recycle
             .template
             .retain(|path| path.iter().all(|&r| usize::from(r) < k));
+        c.ngram.min_path_prob = self.ngram_min_prob;
+        c.ngram.decay = self.ngram_decay;
         c.draft = DraftModelConfig {
             p_min: self.draft_p_min,
             tree_nodes: self.draft_tree_nodes,
