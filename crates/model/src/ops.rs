@@ -121,6 +121,20 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     quant::axpy_f32(a, x, y)
 }
 
+/// `out[e] = a · rows[e]` for consecutive rows of `a.len()` (same bits as [`dot_f32`]
+/// per row).
+#[inline]
+pub fn dot_f32_rows(a: &[f32], rows: &[f32], out: &mut [f32]) {
+    quant::dot_f32_rows(a, rows, out)
+}
+
+/// `y += w[e] * rows[e]` for every non-zero `w[e]`, in order (same bits as [`axpy`]
+/// per row).
+#[inline]
+pub fn axpy_rows(w: &[f32], rows: &[f32], y: &mut [f32]) {
+    quant::axpy_f32_rows(w, rows, y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

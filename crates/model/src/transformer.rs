@@ -852,24 +852,32 @@ impl Model {
         for (d, &v) in qh.iter_mut().zip(&q[qrow * hd..(qrow + 1) * hd]) {
             *d = half::f16::from_f32(v).to_f32();
         }
-        // sc[e]: score of lane entry e ([m] of the [n_slots] row).
-        for (e, sj) in sc[nq..m].iter_mut().enumerate() {
-            *sj = if visible(i, slots[nq + e] as usize) {
-                ops::dot_f32(qh, &keys[e * hd..(e + 1) * hd]) * c.attn_scale
-            } else {
-                f32::NEG_INFINITY
-            };
+        // sc[e]: score of lane entry e ([m] of the [n_slots] row), scored a run of
+        // visible entries at a time (the same per-key dot products as one by one).
+        let mut e = 0;
+        while e < m - nq {
+            if !visible(i, slots[nq + e] as usize) {
+                sc[nq + e] = f32::NEG_INFINITY;
+                e += 1;
+                continue;
+            }
+            let mut end = e + 1;
+            while end < m - nq && visible(i, slots[nq + end] as usize) {
+                end += 1;
+            }
+            let run = &mut sc[nq + e..nq + end];
+            ops::dot_f32_rows(qh, &keys[e * hd..end * hd], run);
+            for s in run.iter_mut() {
+                *s *= c.attn_scale;
+            }
+            e = end;
         }
         if nq > 0 {
             quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
         }
         ops::softmax_in_place(&mut sc[..m]);
         out.fill(0.0);
-        for (e, &p) in sc[nq..m].iter().enumerate() {
-            if p != 0.0 {
-                ops::axpy(p, &values[e * hd..(e + 1) * hd], out);
-            }
-        }
+        ops::axpy_rows(&sc[nq..m], &values[..(m - nq) * hd], out);
         if nq > 0 {
             quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
         }

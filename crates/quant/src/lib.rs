@@ -22,7 +22,7 @@ mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use f32ops::{axpy_f32, dot_f32, dot_f32_reference};
+pub use f32ops::{axpy_f32, axpy_f32_rows, dot_f32, dot_f32_reference, dot_f32_rows};
 pub use types::{GgmlType, QK, QK_K};
 
 use std::sync::OnceLock;
