@@ -16,6 +16,7 @@
 pub mod byte_level;
 pub mod constraint;
 pub mod contrastive;
+pub mod healing;
 pub mod kv;
 pub mod lookahead;
 pub mod scheduler;

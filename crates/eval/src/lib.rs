@@ -12,6 +12,9 @@
 //!   (random tokens from an empty cache, a warm-up run, mean ± sd over repetitions).
 //! - [`llama_bench`] runs llama.cpp's `llama-bench` and parses its JSON, so both engines
 //!   can be measured in one run on one machine.
+//! - [`humaneval`] completes HumanEval prompts cut inside the first line of the
+//!   canonical solution (naive tokenisation, token healing, byte-level generation) and
+//!   runs each problem's tests in a sandboxed `python3` subprocess (pass@1).
 //! - [`sysinfo`] reads what a benchmark report needs about the machine (CPU, kernel,
 //!   peak RSS).
 //!
@@ -21,6 +24,7 @@
 pub mod bench;
 pub mod constrained;
 pub mod detect;
+pub mod humaneval;
 pub mod kv_eval;
 pub mod lastde;
 pub mod llama_bench;

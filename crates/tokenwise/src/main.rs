@@ -32,8 +32,9 @@ enum Command {
     /// Evaluate the Fast-DetectGPT criterion as a machine-text detector (AUROC of human
     /// passages against the model's own continuations).
     DetectEval(cmd::detect_eval::Args),
-    /// Evaluations: `eval kv` compares KV eviction policies and budgets.
-    Eval(cmd::eval_kv::EvalArgs),
+    /// Evaluations: `eval kv` compares KV eviction policies and budgets; `eval fim`
+    /// completes HumanEval prompts cut mid-token (naive, token healing, byte-level).
+    Eval(cmd::eval_fim::EvalArgs),
     /// Show a model file's metadata, tensor types and sizes.
     Inspect(cmd::inspect::Args),
     /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
@@ -56,7 +57,7 @@ fn main() {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::DetectEval(a) => cmd::detect_eval::run(a),
-        Command::Eval(a) => cmd::eval_kv::run(a),
+        Command::Eval(a) => cmd::eval_fim::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Compress(a) => cmd::compress::compress(a),

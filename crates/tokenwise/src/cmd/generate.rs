@@ -97,6 +97,15 @@ pub struct Args {
     /// --max-tokens counts bytes; the sampler flags apply to the 256 bytes plus end.
     #[arg(long, conflicts_with_all = ["chat", "counterfactual", "jsonl", "show_entropy", "contrast_prompt", "gumbel"])]
     pub byte_level: bool,
+    /// Token healing: back up the prompt's last token(s) and constrain the first
+    /// generated tokens to spell them again, so a prompt that ends mid-word continues
+    /// the word. Only the continuation after the prompt is printed (--jsonl shows every
+    /// token, the healing ones first).
+    #[arg(long, conflicts_with_all = ["chat", "counterfactual", "byte_level", "gumbel"])]
+    pub token_healing: bool,
+    /// Prompt tokens --token-healing backs up.
+    #[arg(long, value_name = "N", default_value_t = engine::healing::DEFAULT_BACK_UP, requires = "token_healing")]
+    pub heal_tokens: usize,
 }
 
 /// Uncertainty-guided lookahead (AdaDec): off unless a threshold is given or calibrated.
@@ -251,6 +260,21 @@ pub fn run(a: Args) -> Result<()> {
         Some(r) => r.prompt_ids.clone(),
         None => prompt_ids(&loaded, &prompt_text, a.chat, a.system.as_deref())?,
     };
+    if a.token_healing && speculative.is_some() {
+        bail!("--token-healing cannot be combined with speculative decoding");
+    }
+    let healer = a
+        .token_healing
+        .then(|| engine::healing::Healer::new(&loaded));
+    let healing = match &healer {
+        Some(h) => Some(h.plan(&prompt, a.heal_tokens)?),
+        None => None,
+    };
+    // The prompt's own text, which the healed generation spells again: not printed.
+    let mut skip = match (&healing, a.jsonl) {
+        (Some(plan), false) => plan.removed.len(),
+        _ => 0,
+    };
 
     // Fields this command has no flag for keep their defaults (the update is needless
     // only while every field has a flag).
@@ -365,9 +389,10 @@ pub fn run(a: Args) -> Result<()> {
                 ColorBy::Entropy => e.entropy,
                 ColorBy::Surprisal => -e.logprob,
             };
-            write_coloured(&mut out, &e.text, value, a.color_by)
+            let text = String::from_utf8_lossy(unseen(e.text.as_bytes(), &mut skip));
+            write_coloured(&mut out, &text, value, a.color_by)
         } else {
-            out.write_all(e.text.as_bytes())
+            out.write_all(unseen(e.text.as_bytes(), &mut skip))
         };
         match r.and_then(|()| out.flush()) {
             Ok(()) => ControlFlow::Continue(()),
@@ -400,7 +425,21 @@ pub fn run(a: Args) -> Result<()> {
             }
             g.generation
         }
-        None => session.generate(&prompt, &params, on_token)?,
+        None => match (&healer, &healing) {
+            (Some(h), Some(plan)) => {
+                let g = h.generate(&mut session, plan, &params, on_token)?;
+                if !a.quiet {
+                    eprintln!(
+                        "token healing: backed up {} token(s), {:?}, respelled by {} token(s)",
+                        plan.backed_up,
+                        String::from_utf8_lossy(&plan.removed),
+                        g.healing_tokens.len()
+                    );
+                }
+                g.generation
+            }
+            _ => session.generate(&prompt, &params, on_token)?,
+        },
     };
     if let Some(err) = write_error {
         // A closed pipe (`| head`) is the reader saying it has seen enough.
@@ -798,6 +837,14 @@ fn run_byte_level(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What is left of `text` after skipping `skip` more bytes of it (the healed
+/// prompt text), counting the skipped ones off.
+fn unseen<'t>(text: &'t [u8], skip: &mut usize) -> &'t [u8] {
+    let n = (*skip).min(text.len());
+    *skip -= n;
+    &text[n..]
 }
 
 /// Where `needle` first occurs in `hay`.
