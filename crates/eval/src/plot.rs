@@ -1,6 +1,7 @@
 //! Small SVG charts for benchmark reports: line charts of a few named series on linear
-//! or logarithmic axes, with ticks, grid and legend. Hand-written SVG (no plotting
-//! dependency); the output is a standalone file any browser or README renders.
+//! or logarithmic axes, with ticks, grid and legend; optionally (for ROC curves) lines
+//! without markers, a fixed x range and the `y = x` diagonal. Hand-written SVG (no
+//! plotting dependency); the output is a standalone file any browser or README renders.
 
 use std::fmt::Write;
 
@@ -29,8 +30,36 @@ const PALETTE: [&str; 8] = [
     "#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442",
 ];
 
+/// How every chart of a document is drawn (the defaults are [`svg_document`]'s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlotOptions {
+    /// A marker on every point. Off for dense curves (a ROC curve has a point per
+    /// distinct score), whose lines then carry the data alone.
+    pub markers: bool,
+    /// A dashed `y = x` line over the part of the plot where both axes overlap (the
+    /// ROC curve of a detector that guesses). Linear x axes only.
+    pub diagonal: bool,
+    /// Fixed x range (no padding), like `Chart::y_range`.
+    pub x_range: Option<(f64, f64)>,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        PlotOptions {
+            markers: true,
+            diagonal: false,
+            x_range: None,
+        }
+    }
+}
+
 /// Several charts side by side in one SVG document, each `width` × `height` pixels.
 pub fn svg_document(charts: &[Chart], width: u32, height: u32) -> String {
+    svg_document_with(charts, width, height, &PlotOptions::default())
+}
+
+/// [`svg_document`] with drawing options.
+pub fn svg_document_with(charts: &[Chart], width: u32, height: u32, opts: &PlotOptions) -> String {
     let total = width * charts.len().max(1) as u32;
     let mut s = String::new();
     let _ = writeln!(
@@ -43,14 +72,14 @@ pub fn svg_document(charts: &[Chart], width: u32, height: u32) -> String {
     );
     for (i, c) in charts.iter().enumerate() {
         let _ = writeln!(s, r#"<g transform="translate({} 0)">"#, i as u32 * width);
-        draw_chart(&mut s, c, width as f64, height as f64);
+        draw_chart(&mut s, c, width as f64, height as f64, opts);
         s.push_str("</g>\n");
     }
     s.push_str("</svg>\n");
     s
 }
 
-fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
+fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64, opts: &PlotOptions) {
     // Plot area: margins for the axis labels, the title and the legend (right).
     let (left, right, top, bottom) = (64.0, 150.0, 32.0, 48.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
@@ -61,7 +90,10 @@ fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
             .flat_map(|se| se.points.iter())
             .filter(|p| p.0.is_finite() && p.1.is_finite() && (!c.x_log || p.0 > 0.0))
     };
-    let (mut x0, mut x1) = min_max(points().map(|p| tx(p.0)));
+    let (mut x0, mut x1) = match opts.x_range {
+        Some((lo, hi)) => (tx(lo), tx(hi)),
+        None => min_max(points().map(|p| tx(p.0))),
+    };
     let (mut y0, mut y1) = c.y_range.unwrap_or_else(|| min_max(points().map(|p| p.1)));
     if x1 - x0 < 1e-12 {
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
@@ -74,8 +106,10 @@ fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
         (y0, y1) = (y0 - pad, y1 + pad);
     }
     // Markers on the first and last x stay inside the frame.
-    let pad = (x1 - x0) * 0.04;
-    (x0, x1) = (x0 - pad, x1 + pad);
+    if opts.x_range.is_none() {
+        let pad = (x1 - x0) * 0.04;
+        (x0, x1) = (x0 - pad, x1 + pad);
+    }
     let px = |x: f64| left + (tx(x) - x0) / (x1 - x0) * pw;
     let py = |y: f64| top + (1.0 - (y - y0) / (y1 - y0)) * ph;
 
@@ -132,6 +166,20 @@ fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
         top + ph / 2.0,
         escape(&c.y_label)
     );
+    if opts.diagonal && !c.x_log {
+        // x0, x1 are in data units on a linear axis.
+        let (lo, hi) = (x0.max(y0), x1.min(y1));
+        if hi > lo {
+            let _ = writeln!(
+                s,
+                r##"<line x1="{:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999" stroke-dasharray="4 4"/>"##,
+                px(lo),
+                py(lo),
+                px(hi),
+                py(hi)
+            );
+        }
+    }
     // Series and legend.
     for (i, se) in c.series.iter().enumerate() {
         let colour = PALETTE[i % PALETTE.len()];
@@ -149,19 +197,28 @@ fn draw_chart(s: &mut String, c: &Chart, w: f64, h: f64) {
                 path.join(" ")
             );
         }
-        for (x, y) in &pts {
-            let _ = writeln!(
-                s,
-                r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{colour}"/>"#
-            );
+        if opts.markers {
+            for (x, y) in &pts {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{colour}"/>"#
+                );
+            }
         }
         let ly = top + 8.0 + 18.0 * i as f64;
         let lx = left + pw + 12.0;
+        let marker = if opts.markers {
+            format!(
+                r#"<circle cx="{:.1}" cy="{ly:.1}" r="3.5" fill="{colour}"/>"#,
+                lx + 10.0
+            )
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"/><circle cx="{:.1}" cy="{ly:.1}" r="3.5" fill="{colour}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"/>{marker}<text x="{:.1}" y="{:.1}">{}</text>"#,
             lx + 20.0,
-            lx + 10.0,
             lx + 26.0,
             ly + 4.0,
             escape(&se.name)
@@ -270,6 +327,40 @@ mod tests {
         let svg = svg_document(&[one], 400, 300);
         assert_eq!(svg.matches("<circle").count(), 2);
         assert!(!svg.contains("NaN"));
+    }
+
+    #[test]
+    fn roc_style_draws_lines_without_markers_and_the_diagonal() {
+        let roc = Chart {
+            title: "ROC".into(),
+            series: vec![Series {
+                name: "detector".into(),
+                points: vec![(0.0, 0.0), (0.0, 0.5), (0.5, 1.0), (1.0, 1.0)],
+            }],
+            y_range: Some((0.0, 1.0)),
+            ..Chart::default()
+        };
+        let opts = PlotOptions {
+            markers: false,
+            diagonal: true,
+            x_range: Some((0.0, 1.0)),
+        };
+        let svg = svg_document_with(std::slice::from_ref(&roc), 400, 300, &opts);
+        assert_eq!(svg.matches("<polyline").count(), 1);
+        assert_eq!(svg.matches("<circle").count(), 0);
+        assert_eq!(svg.matches("stroke-dasharray").count(), 1);
+        // Fixed ranges, no padding: the diagonal runs corner to corner of the plot
+        // area (left 64, top 32, 400 - 64 - 150 wide, 300 - 32 - 48 high).
+        assert!(
+            svg.contains(r##"x1="64.0" y1="252.0" x2="250.0" y2="32.0" stroke="#999""##),
+            "{svg}"
+        );
+        // The curve starts in the bottom-left corner too.
+        assert!(svg.contains(r#"points="64.0,252.0 "#), "{svg}");
+        // The defaults are unchanged: markers, no diagonal.
+        let plain = svg_document(&[roc], 400, 300);
+        assert_eq!(plain.matches("<circle").count(), 5);
+        assert!(!plain.contains("stroke-dasharray"));
     }
 
     #[test]

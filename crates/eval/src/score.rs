@@ -153,7 +153,7 @@ pub fn score_tokens(
     let mut observed: Vec<f64> = Vec::with_capacity(n_scored);
     let mut sampled: Vec<Vec<f64>> = vec![Vec::with_capacity(n_scored); lastde_cfg.samples];
     let (mut log_softmax, mut draws, mut uniforms) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rng = SplitMix64(0x1a57_de00);
+    let mut rng = SplitMix64(SplitMix64::SEED);
     let mut n_windows = 0;
     let mut window: Vec<u32> = Vec::with_capacity(ctx);
     let mut positions: Vec<usize> = Vec::with_capacity(ctx);
@@ -238,7 +238,7 @@ pub fn score_tokens(
 }
 
 /// `out = log_softmax(logits)` in f32.
-fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) {
+pub(crate) fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
     let lse = max + sum.ln() as f32;
@@ -248,10 +248,13 @@ fn log_softmax_into(logits: &[f32], out: &mut Vec<f32>) {
 
 /// A small deterministic generator for Lastde++'s draws (the same text always gets
 /// the same samples).
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
-    fn next_f64(&mut self) -> f64 {
+    /// The seed of Lastde++'s draws in [`score_tokens`] (`detect` replays them).
+    pub(crate) const SEED: u64 = 0x1a57_de00;
+
+    pub(crate) fn next_f64(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
