@@ -41,6 +41,44 @@ avx512_fn! {
 }
 
 avx512_fn! {
+    /// The 16 rows' results of each activation row, as arrays.
+    #[inline]
+    unsafe fn rows_out<const NC: usize>(acc: [__m512; NC]) -> [[f32; 16]; NC] {
+        let mut out = [[0.0; 16]; NC];
+        for c in 0..NC {
+            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
+        }
+        out
+    }
+}
+
+avx512_fn! {
+    /// One Q8_0 activation block (at `ab`) against the 16 rows' signed quants of a
+    /// block (`q[k]`: elements `4k..4k+4` of each row):
+    /// `acc + d_w * d_a * (sum((q_a + 128) * q_w) - offset)`, `offset` being
+    /// `128 * sum(q_w)` per row, so the integer sum is exactly `sum(q_a * q_w)`.
+    #[inline]
+    unsafe fn signed_block_column(q: &[__m512i; 8], offset: __m512i, dw: __m512, ab: *const u8, acc: __m512) -> __m512 {
+        let qa = ab.add(Q8_0_QS);
+        // Four activation quants, each + 128 (as unsigned bytes), in every lane.
+        let bcast = |k: usize| {
+            let x = qa.add(4 * k).cast::<u32>().read_unaligned() ^ 0x8080_8080;
+            _mm512_set1_epi32(x as i32)
+        };
+        // Two independent chains.
+        let mut d0 = _mm512_setzero_si512();
+        let mut d1 = _mm512_setzero_si512();
+        for t in 0..4 {
+            d0 = _mm512_dpbusd_epi32(d0, bcast(t), q[t]);
+            d1 = _mm512_dpbusd_epi32(d1, bcast(4 + t), q[4 + t]);
+        }
+        let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
+        let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
+        _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc)
+    }
+}
+
+avx512_fn! {
     /// The 16-row kernel: `out[c][r] = sum_b d_w[r] * d_a * dot_b + m_w[r] * s_a`
     /// for the packed group at `w` (see [`crate::packed`]) and `NC` Q8_1 rows.
     #[inline]
@@ -79,11 +117,7 @@ avx512_fn! {
                 acc[c] = _mm512_fmadd_ps(mw, sa, acc[c]);
             }
         }
-        let mut out = [[0.0; 16]; NC];
-        for c in 0..NC {
-            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-        }
-        out
+        rows_out(acc)
     }
 }
 
@@ -141,29 +175,10 @@ avx512_fn! {
                 *qt = _mm512_loadu_si512(wb.add(64 + 64 * t).cast());
             }
             for c in 0..NC {
-                let ab = a[c].add(b * Q8_0_BYTES);
-                let qa = ab.add(Q8_0_QS);
-                // Four activation quants, each + 128 (as unsigned bytes), in every lane.
-                let bcast = |k: usize| {
-                    let x = qa.add(4 * k).cast::<u32>().read_unaligned() ^ 0x8080_8080;
-                    _mm512_set1_epi32(x as i32)
-                };
-                let mut d0 = _mm512_setzero_si512();
-                let mut d1 = _mm512_setzero_si512();
-                for t in 0..4 {
-                    d0 = _mm512_dpbusd_epi32(d0, bcast(2 * t), q[2 * t]);
-                    d1 = _mm512_dpbusd_epi32(d1, bcast(2 * t + 1), q[2 * t + 1]);
-                }
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
-                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
-                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
+                acc[c] = signed_block_column(&q, offset, dw, a[c].add(b * Q8_0_BYTES), acc[c]);
             }
         }
-        let mut out = [[0.0; 16]; NC];
-        for c in 0..NC {
-            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-        }
-        out
+        rows_out(acc)
     }
 }
 
@@ -220,11 +235,7 @@ avx512_fn! {
                 acc[c] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum), acc[c]);
             }
         }
-        let mut out = [[0.0; 16]; NC];
-        for c in 0..NC {
-            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-        }
-        out
+        rows_out(acc)
     }
 }
 
@@ -255,29 +266,10 @@ avx512_fn! {
                 }
             }
             for c in 0..NC {
-                let ab = a[c].add(b * Q8_0_BYTES);
-                let qa = ab.add(Q8_0_QS);
-                let bcast = |k: usize| {
-                    let x = qa.add(4 * k).cast::<u32>().read_unaligned() ^ 0x8080_8080;
-                    _mm512_set1_epi32(x as i32)
-                };
-                // Activation elements 4t.. meet q[t] (low nibbles), 16+4t.. q[4+t].
-                let mut d0 = _mm512_setzero_si512();
-                let mut d1 = _mm512_setzero_si512();
-                for t in 0..4 {
-                    d0 = _mm512_dpbusd_epi32(d0, bcast(t), q[t]);
-                    d1 = _mm512_dpbusd_epi32(d1, bcast(4 + t), q[4 + t]);
-                }
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(d0, d1), offset));
-                let da = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(ab.cast::<u16>().read_unaligned())));
-                acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_broadcastss_ps(da)), dot, acc[c]);
+                acc[c] = signed_block_column(&q, offset, dw, a[c].add(b * Q8_0_BYTES), acc[c]);
             }
         }
-        let mut out = [[0.0; 16]; NC];
-        for c in 0..NC {
-            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-        }
-        out
+        rows_out(acc)
     }
 }
 
@@ -332,10 +324,6 @@ avx512_fn! {
                 acc[c] = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(isum[c]), acc[c]);
             }
         }
-        let mut out = [[0.0; 16]; NC];
-        for c in 0..NC {
-            _mm512_storeu_ps(out[c].as_mut_ptr(), acc[c]);
-        }
-        out
+        rows_out(acc)
     }
 }

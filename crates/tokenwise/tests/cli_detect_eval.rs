@@ -1,18 +1,9 @@
 //! `tokenwise detect-eval` without a model: bad `--lengths` are one-line errors, and
 //! `--from-pairs` turns a `--pairs-out` file into the per-length table and ROC SVG.
 
-use std::process::{Command, Output};
-
 mod common;
 
-use common::Scratch;
-
-fn tokenwise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokenwise"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::{tokenwise, Scratch};
 
 fn assert_error(args: &[&str], expect_in_message: &str) {
     let out = tokenwise(args);

@@ -3,20 +3,12 @@
 //! longer than the context.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use gguf::{GgufWriter, Value};
 
 mod common;
 
-use common::{smollm2_path, Scratch};
-
-fn tokenwise(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokenwise"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use common::{smollm2_path, tokenwise, Scratch};
 
 /// Exit code non-zero, stderr exactly one line starting with `error:`, no panic.
 fn assert_one_line_error(args: &[&str], expect_in_message: &str) {

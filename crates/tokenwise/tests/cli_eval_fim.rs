@@ -3,17 +3,14 @@
 //! two JSON records per method (the HumanEval harness's pieces are tested in
 //! `eval::humaneval`); a missing data file names the script that fetches it.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 
 use common::{smollm2_path, Scratch};
 
 fn tokenwise(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_tokenwise"))
-        .args(args)
-        .output()
-        .expect("the binary starts");
+    let out = common::tokenwise(args);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     out
 }

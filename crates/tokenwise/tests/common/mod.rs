@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 
 pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub const GEMMA3: &str = "gemma-3-270m-Q4_K_M.gguf";
@@ -58,4 +59,12 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Runs the `tokenwise` binary under test with `args` and waits for it.
+pub fn tokenwise(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tokenwise"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
