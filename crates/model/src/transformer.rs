@@ -628,64 +628,48 @@ impl Model {
                 .find(|f| f.0 == w.ty.vec_dot_type())
                 .expect("quantised above");
             let out = outs[j];
-            if let Some(packed) = w.packed() {
-                // Rows r0..r1 are whole groups (chunks are multiples of GROUP and
-                // packed matrices have a multiple of GROUP rows). One code path for
-                // one and many activation rows: the results are the same bits.
-                const TILE: usize = 16;
-                const GROUP: usize = quant::packed::GROUP;
-                let mut tile_out = [[0f32; GROUP]; TILE];
-                let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
-                let mut i0 = 0;
-                while i0 < n {
-                    let m = (n - i0).min(TILE);
-                    for (k, a) in a_rows.iter_mut().enumerate().take(m) {
-                        let i = i0 + k;
-                        *a = &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
-                    }
-                    for g in r0 / GROUP..r1 / GROUP {
-                        packed.group_dots(g, &a_rows[..m], &mut tile_out[..m]);
-                        for (k, v) in tile_out[..m].iter().enumerate() {
-                            // SAFETY: rows g*GROUP.. of activation row i0 + k belong
-                            // to this task alone.
-                            unsafe { out.slice((i0 + k) * w.rows + g * GROUP, GROUP) }
-                                .copy_from_slice(v);
+            // Activation rows in tiles of up to TILE; one code path for one and many
+            // rows, as the kernels give a row the same bits either way.
+            const TILE: usize = 16;
+            const GROUP: usize = quant::packed::GROUP;
+            let act_row = |i: usize| &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
+            let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
+            for i0 in (0..n).step_by(TILE) {
+                let m = (n - i0).min(TILE);
+                for (k, a) in a_rows[..m].iter_mut().enumerate() {
+                    *a = act_row(i0 + k);
+                }
+                match w.packed() {
+                    // Rows r0..r1 are whole groups (chunks are multiples of GROUP and
+                    // packed matrices have a multiple of GROUP rows).
+                    Some(packed) => {
+                        let mut tile_out = [[0f32; GROUP]; TILE];
+                        for g in r0 / GROUP..r1 / GROUP {
+                            packed.group_dots(g, &a_rows[..m], &mut tile_out[..m]);
+                            for (k, v) in tile_out[..m].iter().enumerate() {
+                                // SAFETY: rows g*GROUP.. of activation row i0 + k belong
+                                // to this task alone.
+                                unsafe { out.slice((i0 + k) * w.rows + g * GROUP, GROUP) }
+                                    .copy_from_slice(v);
+                            }
                         }
                     }
-                    i0 += m;
-                }
-            } else if n == 1 {
-                // SAFETY: rows r0..r1 of this job belong to this task alone.
-                let o = unsafe { out.slice(r0, r1 - r0) };
-                let a = &acts[offset..offset + row_bytes];
-                for (r, o) in (r0..r1).zip(o.iter_mut()) {
-                    *o = quant::vec_dot(w.ty, w.cols, w.row(r), a);
-                }
-            } else {
-                const TILE: usize = 16;
-                let mut tile_out = [0f32; TILE];
-                let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
-                let mut i0 = 0;
-                while i0 < n {
-                    let m = (n - i0).min(TILE);
-                    for (k, a) in a_rows.iter_mut().enumerate().take(m) {
-                        let i = i0 + k;
-                        *a = &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
-                    }
-                    for r in r0..r1 {
-                        quant::vec_dot_multi(
-                            w.ty,
-                            w.cols,
-                            w.row(r),
-                            &a_rows[..m],
-                            &mut tile_out[..m],
-                        );
-                        for (k, &v) in tile_out[..m].iter().enumerate() {
-                            // SAFETY: element (i0 + k, r) belongs to this task alone.
-                            unsafe { out.slice((i0 + k) * w.rows + r, 1)[0] = v };
+                    None => {
+                        let mut tile_out = [0f32; TILE];
+                        for r in r0..r1 {
+                            quant::vec_dot_multi(
+                                w.ty,
+                                w.cols,
+                                w.row(r),
+                                &a_rows[..m],
+                                &mut tile_out[..m],
+                            );
+                            for (k, &v) in tile_out[..m].iter().enumerate() {
+                                // SAFETY: element (i0 + k, r) belongs to this task alone.
+                                unsafe { out.slice((i0 + k) * w.rows + r, 1)[0] = v };
+                            }
                         }
                     }
-                    i0 += m;
                 }
             }
         };
