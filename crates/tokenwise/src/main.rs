@@ -34,7 +34,7 @@ enum Command {
     DetectEval(cmd::detect_eval::Args),
     /// Evaluations: `eval kv` compares KV eviction policies and budgets; `eval fim`
     /// completes HumanEval prompts cut mid-token (naive, token healing, byte-level).
-    Eval(cmd::eval_fim::EvalArgs),
+    Eval(cmd::eval::EvalArgs),
     /// Show a model file's metadata, tensor types and sizes.
     Inspect(cmd::inspect::Args),
     /// Measure prefill and decode speed (optionally beside llama.cpp's llama-bench).
@@ -57,7 +57,7 @@ fn main() {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Score(a) => cmd::score::run(a),
         Command::DetectEval(a) => cmd::detect_eval::run(a),
-        Command::Eval(a) => cmd::eval_fim::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Compress(a) => cmd::compress::compress(a),

@@ -13,23 +13,7 @@ use eval::humaneval::{
     SandboxOptions,
 };
 
-use crate::cmd::eval_kv;
 use crate::models;
-
-#[derive(clap::Args)]
-pub struct EvalArgs {
-    #[command(subcommand)]
-    pub command: EvalCommand,
-}
-
-#[derive(clap::Subcommand)]
-pub enum EvalCommand {
-    #[command(flatten)]
-    Kv(eval_kv::EvalCommand),
-    /// Prompts cut mid-token (HumanEval, cut inside the solution's first line):
-    /// pass@1 of naive tokenisation, token healing and byte-level decoding.
-    Fim(Args),
-}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -74,14 +58,7 @@ pub struct Args {
     pub threads: Option<usize>,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    match a.command {
-        EvalCommand::Kv(c) => eval_kv::run(eval_kv::EvalArgs { command: c }),
-        EvalCommand::Fim(a) => run_fim_cmd(a),
-    }
-}
-
-fn run_fim_cmd(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let methods = a
         .methods
         .iter()

@@ -13,19 +13,6 @@ use crate::cmd::kv_args::KvPositions;
 use crate::models;
 
 #[derive(clap::Args)]
-pub struct EvalArgs {
-    #[command(subcommand)]
-    pub command: EvalCommand,
-}
-
-#[derive(clap::Subcommand)]
-pub enum EvalCommand {
-    /// KV eviction policies: perplexity of a long text, passkey retrieval, KV bytes and
-    /// decode speed for each policy and budget.
-    Kv(Args),
-}
-
-#[derive(clap::Args)]
 pub struct Args {
     #[arg(long, short, default_value = models::DEFAULT_MODEL)]
     pub model: String,
@@ -108,13 +95,7 @@ fn parse_dtype(s: &str) -> Result<KvDtype, String> {
     s.parse()
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    match a.command {
-        EvalCommand::Kv(a) => run_kv(a),
-    }
-}
-
-fn run_kv(a: Args) -> Result<()> {
+pub fn run(a: Args) -> Result<()> {
     let params = PolicyParams {
         n_sink: a.sinks,
         obs_window: a.obs_window,

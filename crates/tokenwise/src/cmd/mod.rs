@@ -6,6 +6,7 @@ pub mod bench_spec;
 pub mod chat;
 pub mod compress;
 pub mod detect_eval;
+pub mod eval;
 pub mod eval_fim;
 pub mod eval_kv;
 pub mod generate;
