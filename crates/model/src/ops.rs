@@ -80,8 +80,18 @@ pub fn gelu_tanh(x: f32) -> f32 {
 pub fn gated_activation(gate: &mut [f32], up: &[f32], act: crate::Activation) {
     match act {
         crate::Activation::Silu => {
-            for (g, &u) in gate.iter_mut().zip(up) {
-                *g = silu(*g) * u;
+            // silu(g) = g / (1 + e^-g), the exponentials a chunk at a time (SIMD);
+            // per element the same result as `silu`'s steps with that exp.
+            let mut e = [0f32; 64];
+            for (g, u) in gate.chunks_mut(64).zip(up.chunks(64)) {
+                let e = &mut e[..g.len()];
+                for (ei, &gi) in e.iter_mut().zip(g.iter()) {
+                    *ei = -gi;
+                }
+                quant::exp_f32_in_place(e);
+                for ((gi, &ei), &ui) in g.iter_mut().zip(e.iter()).zip(u) {
+                    *gi = *gi / (1.0 + ei) * ui;
+                }
             }
         }
         crate::Activation::GeluTanh => {
@@ -92,17 +102,30 @@ pub fn gated_activation(gate: &mut [f32], up: &[f32], act: crate::Activation) {
     }
 }
 
-/// Numerically stable softmax in place (f32 exps, f64 sum).
+/// Numerically stable softmax in place: f32 exponentials
+/// ([`quant::exp_f32_in_place`]), their sum in f64 over four fixed lanes
+/// (element `i` in lane `i % 4`), so the result depends on the values only.
 pub fn softmax_in_place(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {
         return;
     }
-    let mut sum = 0f64;
     for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v as f64;
+        *v -= max;
     }
+    quant::exp_f32_in_place(x);
+    let mut lanes = [0f64; 4];
+    let chunks = x.chunks_exact(4);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += f64::from(v);
+        }
+    }
+    for (l, &v) in lanes.iter_mut().zip(rest) {
+        *l += f64::from(v);
+    }
+    let sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;

@@ -578,6 +578,8 @@ impl Model {
         // Quantise the input once per activation format the matrices need (usually one).
         let cols = jobs[0].0.cols;
         let mut formats: Vec<(GgmlType, usize, usize)> = Vec::with_capacity(2); // (type, offset, row_bytes)
+                                                                                // Block scales as f32, per format that feeds a tile kernel: (type, scales).
+        let mut tile_scales: Vec<(GgmlType, Vec<f32>)> = Vec::new();
         acts.clear();
         for (w, _) in jobs.iter() {
             debug_assert_eq!(w.cols, cols);
@@ -598,14 +600,32 @@ impl Model {
             }
             formats.push((ty, offset, row_bytes));
         }
+        for (w, _) in jobs.iter() {
+            let ty = w.ty.vec_dot_type();
+            if w.packed().is_some_and(|p| p.has_tile_kernel())
+                && !tile_scales.iter().any(|t| t.0 == ty)
+            {
+                let &(_, offset, row_bytes) =
+                    formats.iter().find(|f| f.0 == ty).expect("quantised above");
+                let mut scales = Vec::new();
+                quant::packed::activation_scales(
+                    ty,
+                    &acts[offset..offset + n * row_bytes],
+                    n,
+                    &mut scales,
+                );
+                tile_scales.push((ty, scales));
+            }
+        }
         let acts: &[u8] = acts;
+        let tile_scales = &tile_scales;
 
         // Split every matrix into chunks of rows; one task per chunk.
         let total_rows: usize = jobs.iter().map(|(w, _)| w.rows).sum();
         let n_threads = self.pool.n_threads();
         // Whole groups of rows, so packed matrices split on group boundaries.
         let chunk = (total_rows / (n_threads * 16))
-            .clamp(4, 64)
+            .clamp(4, MAX_TASK_GROUPS * quant::packed::GROUP)
             .next_multiple_of(quant::packed::GROUP);
         let mut tasks: Vec<(usize, usize, usize)> =
             Vec::with_capacity(total_rows / chunk + jobs.len()); // (job, row0, row1)
@@ -634,6 +654,7 @@ impl Model {
             const GROUP: usize = quant::packed::GROUP;
             let act_row = |i: usize| &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
             let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
+            let mut tiles = [[[0f32; GROUP]; GROUP]; MAX_TASK_GROUPS];
             for i0 in (0..n).step_by(TILE) {
                 let m = (n - i0).min(TILE);
                 for (k, a) in a_rows[..m].iter_mut().enumerate() {
@@ -642,6 +663,31 @@ impl Model {
                 match w.packed() {
                     // Rows r0..r1 are whole groups (chunks are multiples of GROUP and
                     // packed matrices have a multiple of GROUP rows).
+                    Some(packed) if packed.has_tile_kernel() => {
+                        let ty = w.ty.vec_dot_type();
+                        let scales = &tile_scales
+                            .iter()
+                            .find(|t| t.0 == ty)
+                            .expect("computed above")
+                            .1;
+                        let per_row = scales.len() / n;
+                        let (g0, g1) = (r0 / GROUP, r1 / GROUP);
+                        packed.tile_dots(
+                            g0,
+                            &acts[offset + i0 * row_bytes..offset + (i0 + m) * row_bytes],
+                            m,
+                            &scales[i0 * per_row..(i0 + m) * per_row],
+                            &mut tiles[..g1 - g0],
+                        );
+                        for (g, tile) in (g0..g1).zip(&tiles) {
+                            for (k, v) in tile[..m].iter().enumerate() {
+                                // SAFETY: rows g*GROUP.. of activation row i0 + k belong
+                                // to this task alone.
+                                unsafe { out.slice((i0 + k) * w.rows + g * GROUP, GROUP) }
+                                    .copy_from_slice(v);
+                            }
+                        }
+                    }
                     Some(packed) => {
                         let mut tile_out = [[0f32; GROUP]; TILE];
                         for g in r0 / GROUP..r1 / GROUP {
@@ -838,7 +884,10 @@ impl Model {
         }
         // sc[e]: score of lane entry e ([m] of the [n_slots] row), scored a run of
         // visible entries at a time (the same per-key dot products as one by one).
+        // Entries from `last_visible` on are all invisible (a causal batch's
+        // future): their weights are exactly 0 and need no work.
         let mut e = 0;
+        let mut last_visible = 0;
         while e < m - nq {
             if !visible(i, slots[nq + e] as usize) {
                 sc[nq + e] = f32::NEG_INFINITY;
@@ -855,13 +904,16 @@ impl Model {
                 *s *= c.attn_scale;
             }
             e = end;
+            last_visible = end;
         }
         if nq > 0 {
             quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
         }
-        ops::softmax_in_place(&mut sc[..m]);
+        let live = nq + last_visible;
+        ops::softmax_in_place(&mut sc[..live]);
+        sc[live..m].fill(0.0);
         out.fill(0.0);
-        ops::axpy_rows(&sc[nq..m], &values[..(m - nq) * hd], out);
+        ops::axpy_rows(&sc[nq..live], &values[..last_visible * hd], out);
         if nq > 0 {
             quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
         }
@@ -987,6 +1039,9 @@ pub fn reposition_cache(config: &ModelConfig, cache: &mut KvCache) -> Result<()>
         ops::apply_rope(key, hd, &angles, config.rope_style);
     })
 }
+
+/// The most 16-row groups of one matrix a matmul task covers (64 rows).
+const MAX_TASK_GROUPS: usize = 4;
 
 /// Reference linear layer: each weight row dequantised to f32, then f32 dot products.
 // w: [rows, cols], x: [n, cols] -> out: [n, rows]

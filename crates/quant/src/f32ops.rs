@@ -37,6 +37,12 @@ pub fn dot_f32_rows(q: &[f32], rows: &[f32], out: &mut [f32]) {
     assert_eq!(rows.len(), n * out.len(), "dot_f32_rows: rows/out length");
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::packed_kernels_available() && n.is_multiple_of(16) {
+            // SAFETY: the CPU has AVX-512F (and AVX2, FMA); `rows` holds
+            // `out.len()` rows of `n`.
+            unsafe { x86::dot_rows_avx512(n, q.as_ptr(), rows.as_ptr(), out) };
+            return;
+        }
         if crate::avx2_fma_available() {
             // SAFETY: the CPU has AVX2 and FMA; `rows` holds `out.len()` rows of `n`.
             unsafe { x86::dot_rows(n, q.as_ptr(), rows.as_ptr(), out) };
@@ -60,6 +66,12 @@ pub fn axpy_f32_rows(weights: &[f32], rows: &[f32], out: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
+        if crate::packed_kernels_available() {
+            // SAFETY: the CPU has AVX-512F (and AVX2, FMA); `rows` holds
+            // `weights.len()` rows of `n`.
+            unsafe { x86::axpy_rows_avx512(n, weights, rows.as_ptr(), out.as_mut_ptr()) };
+            return;
+        }
         if crate::avx2_fma_available() {
             // SAFETY: the CPU has AVX2 and FMA; `rows` holds `weights.len()` rows of `n`.
             unsafe { x86::axpy_rows(n, weights, rows.as_ptr(), out.as_mut_ptr()) };
@@ -71,6 +83,73 @@ pub fn axpy_f32_rows(weights: &[f32], rows: &[f32], out: &mut [f32]) {
             axpy_f32(w, r, out);
         }
     }
+}
+
+/// `x[i] = e^x[i]` for every element, with a polynomial (Cephes' `expf`
+/// range reduction and coefficients, about 1 ulp): the same result from the
+/// scalar code and the SIMD lanes (the same fused multiply-adds), so a
+/// softmax gives equal bits however its rows are batched. Below -87.34 the
+/// result is 0 (`-inf` gives 0), above 88.72 `inf`.
+pub fn exp_f32_in_place(x: &mut [f32]) {
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::packed_kernels_available() {
+            // SAFETY: the CPU has AVX-512F; the kernel stays within `x`.
+            i = unsafe { x86::exp_avx512(x) };
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::avx2_fma_available() {
+            // SAFETY: the CPU has FMA.
+            unsafe { x86::exp_scalar_fma(&mut x[i..]) };
+            return;
+        }
+    }
+    for v in &mut x[i..] {
+        *v = exp_scalar(*v);
+    }
+}
+
+/// Cephes `expf`'s constants: `ln 2` split in two, and the polynomial.
+const EXP_LN2_HI: f32 = 0.693_359_4;
+const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5, // (Cephes: 5.0000001201e-1, which is 0.5 in f32)
+];
+const EXP_MIN: f32 = -87.336_55;
+const EXP_MAX: f32 = 88.722_83;
+
+/// One element of [`exp_f32_in_place`]; every step is the one the SIMD lanes do.
+#[inline(always)]
+fn exp_scalar(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
+    }
+    if x < EXP_MIN {
+        return 0.0;
+    }
+    if x > EXP_MAX {
+        return f32::INFINITY;
+    }
+    let n = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = n.mul_add(-EXP_LN2_HI, x);
+    let r = n.mul_add(-EXP_LN2_LO, r);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
+    let y = p.mul_add(r * r, r) + 1.0;
+    // y * 2^n, as two factors so that n = 128 (x near 88.7) does not overflow the exponent.
+    let half = (n as i32) / 2;
+    y * f32::from_bits(((half + 127) as u32) << 23)
+        * f32::from_bits(((n as i32 - half + 127) as u32) << 23)
 }
 
 /// `y[i] += alpha * x[i]` over the shorter length.
@@ -167,6 +246,166 @@ mod x86 {
         }
     }
 
+    /// [`dot_rows`] for `n` a multiple of 16, 16 rows at a time without a
+    /// horizontal sum per row, bit-identical to [`dot`] per row: lane `l` of
+    /// row `e`'s accumulator is [`dot`]'s `acc0[l]` (l < 8) or `acc1[l - 8]`,
+    /// and the 16 rows' sums are reduced through the same tree of additions
+    /// (`acc0 + acc1`, then the 128-bit halves, then pairs), four rows to a
+    /// register from the second step on.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn dot_rows_avx512(
+        n: usize,
+        q: *const f32,
+        rows: *const f32,
+        out: &mut [f32],
+    ) {
+        debug_assert!(n.is_multiple_of(16));
+        // Lane 4r + i of the reduced register holds row 4i + r.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let mut e = 0;
+        while e + 16 <= out.len() {
+            let mut z = [_mm512_setzero_ps(); 16];
+            let mut i = 0;
+            while i < n {
+                let qv = _mm512_loadu_ps(q.add(i));
+                for (k, zk) in z.iter_mut().enumerate() {
+                    *zk = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows.add((e + k) * n + i)), *zk);
+                }
+                i += 16;
+            }
+            // t = acc0 + acc1: two rows per register, 8 lanes each.
+            let mut t = [_mm512_setzero_ps(); 8];
+            for (j, tj) in t.iter_mut().enumerate() {
+                let (a, b) = (z[2 * j], z[2 * j + 1]);
+                let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+                let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+                *tj = _mm512_add_ps(lo, hi);
+            }
+            // u = low + high 128-bit half: four rows per register, one per quarter.
+            let mut u = [_mm512_setzero_ps(); 4];
+            for (k, uk) in u.iter_mut().enumerate() {
+                let (p, r) = (t[2 * k], t[2 * k + 1]);
+                let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(p, r);
+                let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(p, r);
+                *uk = _mm512_add_ps(lo, hi);
+            }
+            // v = (u0 + u2, u1 + u3), per quarter for two rows.
+            let mut v = [_mm512_setzero_ps(); 2];
+            for (m, vm) in v.iter_mut().enumerate() {
+                let (p, r) = (_mm512_castps_pd(u[2 * m]), _mm512_castps_pd(u[2 * m + 1]));
+                let lo = _mm512_castpd_ps(_mm512_unpacklo_pd(p, r));
+                let hi = _mm512_castpd_ps(_mm512_unpackhi_pd(p, r));
+                *vm = _mm512_add_ps(lo, hi);
+            }
+            // s = v0 + v1.
+            let even = _mm512_shuffle_ps::<0b10_00_10_00>(v[0], v[1]);
+            let odd = _mm512_shuffle_ps::<0b11_01_11_01>(v[0], v[1]);
+            let s = _mm512_add_ps(even, odd);
+            _mm512_storeu_ps(out.as_mut_ptr().add(e), _mm512_permutexvar_ps(order, s));
+            e += 16;
+        }
+        for (k, o) in out[e..].iter_mut().enumerate() {
+            *o = dot(n, q, rows.add((e + k) * n));
+        }
+    }
+
+    /// [`axpy_rows`] with 512-bit registers: per element the same fused
+    /// multiply-adds in the same order.
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn axpy_rows_avx512(
+        n: usize,
+        weights: &[f32],
+        rows: *const f32,
+        y: *mut f32,
+    ) {
+        let mut i = 0;
+        while i + 64 <= n {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_loadu_ps(y.add(i + 16 * k));
+            }
+            for (e, &w) in weights.iter().enumerate() {
+                if w != 0.0 {
+                    let va = _mm512_set1_ps(w);
+                    let x = rows.add(e * n + i);
+                    for (k, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(va, _mm512_loadu_ps(x.add(16 * k)), *a);
+                    }
+                }
+            }
+            for (k, a) in acc.iter().enumerate() {
+                _mm512_storeu_ps(y.add(i + 16 * k), *a);
+            }
+            i += 64;
+        }
+        if i < n {
+            // The tail (head_dim not a multiple of 64): row by row.
+            for (e, &w) in weights.iter().enumerate() {
+                if w != 0.0 {
+                    axpy(n - i, w, rows.add(e * n + i), y.add(i));
+                }
+            }
+        }
+    }
+
+    /// [`super::exp_f32_in_place`]'s scalar steps with FMA instructions
+    /// (without the feature `mul_add` is a libm call).
+    #[target_feature(enable = "fma")]
+    pub(super) unsafe fn exp_scalar_fma(x: &mut [f32]) {
+        for v in x {
+            *v = super::exp_scalar(*v);
+        }
+    }
+
+    /// [`super::exp_f32_in_place`] 16 lanes at a time; returns how many
+    /// elements it did (the rest, fewer than 16, are left to the scalar code).
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub(super) unsafe fn exp_avx512(x: &mut [f32]) -> usize {
+        use super::{EXP_LN2_HI, EXP_LN2_LO, EXP_MAX, EXP_MIN, EXP_POLY};
+        let mut i = 0;
+        while i + 16 <= x.len() {
+            let p = x.as_mut_ptr().add(i);
+            let v = _mm512_loadu_ps(p);
+            let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_set1_ps(EXP_MIN));
+            let over = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_set1_ps(EXP_MAX));
+            // Clamped so that the lanes replaced below compute harmless values.
+            let xc = _mm512_min_ps(
+                _mm512_max_ps(v, _mm512_set1_ps(EXP_MIN)),
+                _mm512_set1_ps(EXP_MAX),
+            );
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-EXP_LN2_HI), xc);
+            let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-EXP_LN2_LO), r);
+            let mut poly = _mm512_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
+                poly = _mm512_fmadd_ps(poly, r, _mm512_set1_ps(c));
+            }
+            let y = _mm512_add_ps(
+                _mm512_fmadd_ps(poly, _mm512_mul_ps(r, r), r),
+                _mm512_set1_ps(1.0),
+            );
+            let ni = _mm512_cvtps_epi32(n);
+            // (n / 2 truncated toward zero, as the scalar code's integer division)
+            let half = _mm512_srai_epi32::<1>(_mm512_add_epi32(ni, _mm512_srli_epi32::<31>(ni)));
+            let bias = _mm512_set1_epi32(127);
+            let f1 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(half, bias)));
+            let f2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+                _mm512_sub_epi32(ni, half),
+                bias,
+            )));
+            let mut res = _mm512_mul_ps(_mm512_mul_ps(y, f1), f2);
+            res = _mm512_mask_mov_ps(res, under, _mm512_setzero_ps());
+            res = _mm512_mask_mov_ps(res, over, _mm512_set1_ps(f32::INFINITY));
+            res = _mm512_mask_mov_ps(res, nan, v);
+            _mm512_storeu_ps(p, res);
+            i += 16;
+        }
+        i
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn axpy(n: usize, alpha: f32, x: *const f32, y: *mut f32) {
         let va = _mm256_set1_ps(alpha);
@@ -208,12 +447,55 @@ mod tests {
     }
 
     #[test]
+    fn exp_is_accurate_and_equal_in_every_lane() {
+        // Values across the range, the limits, and specials; 16-lane chunks and
+        // scalar tails must agree bit for bit.
+        let mut xs: Vec<f32> = (0..4000).map(|i| -100.0 + i as f32 * 0.0473).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            EXP_MIN,
+            EXP_MAX,
+            -87.0,
+            88.0,
+            1e-8,
+            -1e-8,
+        ]);
+        let mut all = xs.clone();
+        exp_f32_in_place(&mut all);
+        for (i, &x) in xs.iter().enumerate() {
+            let one = exp_scalar(x);
+            assert_eq!(
+                all[i].to_bits(),
+                one.to_bits(),
+                "exp({x}): {} vs {one}",
+                all[i]
+            );
+            let want = (x as f64).exp();
+            if x < EXP_MIN {
+                assert_eq!(all[i], 0.0, "exp({x})");
+            } else if x > EXP_MAX {
+                assert_eq!(all[i], f32::INFINITY, "exp({x})");
+            } else if want > 1e-37 {
+                let rel = ((all[i] as f64 - want) / want).abs();
+                assert!(rel < 3e-7, "exp({x}) = {} vs {want}: rel {rel}", all[i]);
+            }
+        }
+        let mut nan = [f32::NAN; 17];
+        exp_f32_in_place(&mut nan);
+        assert!(nan.iter().all(|v| v.is_nan()));
+    }
+
+    #[test]
     fn row_kernels_equal_row_by_row_calls_bitwise() {
-        for n in [1usize, 8, 63, 64, 65, 128, 256] {
+        for n in [1usize, 8, 16, 48, 63, 64, 65, 128, 256] {
             let q: Vec<f32> = (0..n)
                 .map(|i| ((i * 7 + 3) % 11) as f32 * 0.37 - 1.9)
                 .collect();
-            let m = 9;
+            // 16-row blocks and a remainder
+            let m = 37;
             let rows: Vec<f32> = (0..n * m)
                 .map(|i| ((i * 13 + 5) % 17) as f32 * 0.29 - 2.3)
                 .collect();

@@ -13,6 +13,8 @@
 //! additions across blocks differs between implementations.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod blocks;
 mod f32ops;
@@ -22,7 +24,9 @@ mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use f32ops::{axpy_f32, axpy_f32_rows, dot_f32, dot_f32_reference, dot_f32_rows};
+pub use f32ops::{
+    axpy_f32, axpy_f32_rows, dot_f32, dot_f32_reference, dot_f32_rows, exp_f32_in_place,
+};
 pub use types::{GgmlType, QK, QK_K};
 
 use std::sync::OnceLock;
@@ -202,6 +206,18 @@ pub fn packed_kernels_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         level() == Level::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether [`packed::PackedMatrix::tile_dots`] runs on Intel AMX tiles (the
+/// CPU has AMX-INT8, the OS grants the tile state, and `QUANT_NO_AMX` is not
+/// set). Without AMX, `tile_dots` runs the AVX-512 kernels, with equal results.
+pub fn amx_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false

@@ -195,6 +195,141 @@ impl PackedMatrix {
     }
 }
 
+impl PackedMatrix {
+    /// Whether [`PackedMatrix::tile_dots`] runs on AMX tiles for this matrix
+    /// (else it runs [`PackedMatrix::group_dots`] per group, with equal results).
+    pub fn has_tile_kernel(&self) -> bool {
+        crate::amx_available()
+            && matches!(self.ty, GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0)
+    }
+
+    /// `out[g][i][r]` = row `16 * (g0 + g) + r` · activation row `i`, for the
+    /// groups `g0..g0 + out.len()` and the `m` (1..=16) activation rows lying
+    /// back to back in `acts` (quantised to the type's `vec_dot_type()`), whose
+    /// block scales [`activation_scales`] put in `scales`. Rows `m..16` of each
+    /// `out[g]` are left as they were.
+    ///
+    /// Bit-identical to [`PackedMatrix::group_dots`], on AMX tiles where the
+    /// CPU has them (see [`crate::amx_available`]).
+    ///
+    /// Panics if the groups are out of range, `m` is not in 1..=16, or `acts`
+    /// or `scales` have the wrong size.
+    pub fn tile_dots(
+        &self,
+        g0: usize,
+        acts: &[u8],
+        m: usize,
+        scales: &[f32],
+        out: &mut [[[f32; GROUP]; GROUP]],
+    ) {
+        assert!(
+            g0 + out.len() <= self.rows / GROUP,
+            "tile_dots: groups {g0}..{} out of range",
+            g0 + out.len()
+        );
+        assert!((1..=GROUP).contains(&m), "tile_dots: {m} activation rows");
+        let act_type = self.ty.vec_dot_type();
+        let act_bytes = act_type
+            .row_bytes(self.cols)
+            .expect("packed matrices have whole blocks");
+        assert_eq!(acts.len(), m * act_bytes, "tile_dots: activation rows size");
+        let nb = self.cols / self.ty.block_size();
+        assert_eq!(
+            scales.len(),
+            m * nb * scales_per_block(act_type),
+            "tile_dots: scales size"
+        );
+        if m >= amx_min_rows(self.ty) && self.amx_tile_dots(g0, acts, m, scales, out) {
+            return;
+        }
+        let rows: Vec<&[u8]> = acts.chunks(act_bytes).collect();
+        for (g, group_out) in out.iter_mut().enumerate() {
+            self.group_dots(g0 + g, &rows, &mut group_out[..m]);
+        }
+    }
+}
+
+impl PackedMatrix {
+    /// [`PackedMatrix::tile_dots`] on AMX tiles whatever `m` (callers check the
+    /// arguments); `false`, with `out` untouched, when there is no AMX kernel.
+    #[doc(hidden)]
+    pub fn amx_tile_dots(
+        &self,
+        g0: usize,
+        acts: &[u8],
+        m: usize,
+        scales: &[f32],
+        out: &mut [[[f32; GROUP]; GROUP]],
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.has_tile_kernel() {
+            let stride = acts.len() / m;
+            assert_eq!(acts.len(), m * stride, "amx_tile_dots: activation rows");
+            let nb = self.cols / self.ty.block_size();
+            let tile = crate::amx::Tile {
+                rows: acts.as_ptr(),
+                stride,
+                m,
+                scales,
+            };
+            // SAFETY: `has_tile_kernel` checked AMX (and with it the AVX-512
+            // features `new` needed); the kernels check the sizes.
+            unsafe {
+                match self.ty {
+                    GgmlType::Q4_1 => crate::amx::q4_1(nb, &self.data, g0, &tile, out),
+                    GgmlType::Q8_0 => crate::amx::q8_0(nb, &self.data, g0, &tile, out),
+                    _ => crate::amx::q5_0(nb, &self.data, g0, &tile, out),
+                }
+            }
+            return true;
+        }
+        let _ = (g0, acts, m, scales, out);
+        false
+    }
+}
+
+/// The fewest activation rows for which the AMX kernel of `ty` beats the
+/// AVX-512 one (single thread, `examples/tile_speed`): Q4_1 must unpack its
+/// nibbles for every call, Q8_0's packed chunks are AMX's B tiles as they lie.
+fn amx_min_rows(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q4_1 => 12,
+        _ => 6,
+    }
+}
+
+/// How many `f32` scales [`activation_scales`] keeps per block of `act_type`.
+fn scales_per_block(act_type: GgmlType) -> usize {
+    match act_type {
+        GgmlType::Q8_1 => 2,
+        _ => 1,
+    }
+}
+
+/// The block scales of `rows` quantised activation rows (`acts`, type
+/// `act_type`: Q8_1 or Q8_0), as [`PackedMatrix::tile_dots`] reads them:
+/// per row and block `[d, s]` (Q8_1) or `[d]` (Q8_0), converted to `f32`.
+///
+/// Panics on other types or a size that is not whole rows of whole blocks.
+pub fn activation_scales(act_type: GgmlType, acts: &[u8], rows: usize, out: &mut Vec<f32>) {
+    let (block, fields): (usize, &[usize]) = match act_type {
+        GgmlType::Q8_1 => (Q8_1_BYTES, &[0, off::Q8_1_S]),
+        GgmlType::Q8_0 => (Q8_0_BYTES, &[0]),
+        other => panic!("activation_scales: {other} has no tile kernel"),
+    };
+    assert!(
+        rows > 0 && acts.len().is_multiple_of(rows) && (acts.len() / rows).is_multiple_of(block),
+        "activation_scales: {} bytes are not {rows} rows of {act_type} blocks",
+        acts.len()
+    );
+    out.clear();
+    for b in acts.chunks_exact(block) {
+        for &f in fields {
+            out.push(half::f16::from_le_bytes([b[f], b[f + 1]]).to_f32());
+        }
+    }
+}
+
 /// Row `r` (of 16) of a Q4_1 block into the packed block `dst`.
 fn pack_q4_1_row(src: &[u8], r: usize, dst: &mut [u8]) {
     dst[2 * r..2 * r + 2].copy_from_slice(&src[0..2]);

@@ -120,3 +120,88 @@ fn packed_results_do_not_depend_on_the_batch() {
         }
     }
 }
+
+/// The formats `tile_dots` runs on AMX tiles (others fall back to `group_dots`).
+const TILE_TYPES: [GgmlType; 3] = [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0];
+
+#[test]
+fn tile_dots_equal_group_dots_bit_for_bit() {
+    eprintln!("AMX tiles: {}", quant::amx_available());
+    let mut rng = Rng::new(23);
+    for ty in TILE_TYPES {
+        for blocks in [1, 5, 18] {
+            let (rows, cols) = (4 * GROUP, blocks * ty.block_size());
+            let data = matrix(&mut rng, ty, rows, cols);
+            let Some(packed) = PackedMatrix::new(ty, rows, cols, &data) else {
+                assert!(!quant::packed_kernels_available(), "{ty} was not packed");
+                return;
+            };
+            let act_type = ty.vec_dot_type();
+            for m in 1..=GROUP {
+                let rows_q: Vec<Vec<u8>> = (0..m)
+                    .map(|_| quantize(act_type, &rng.normal_vec(cols, 1.5)))
+                    .collect();
+                let acts: Vec<u8> = rows_q.concat();
+                let mut scales = Vec::new();
+                quant::packed::activation_scales(act_type, &acts, m, &mut scales);
+                // Groups 1..4: an offset start, several groups per call.
+                let mut tiles = vec![[[f32::NAN; GROUP]; GROUP]; 3];
+                packed.tile_dots(1, &acts, m, &scales, &mut tiles);
+                // The AMX kernel itself, also for the m that `tile_dots` gives
+                // to the AVX-512 kernel.
+                let mut amx = vec![[[f32::NAN; GROUP]; GROUP]; 3];
+                if packed.amx_tile_dots(1, &acts, m, &scales, &mut amx) {
+                    for (t, a) in tiles.iter().zip(&amx) {
+                        let bits = |x: &[[f32; GROUP]; GROUP]| -> Vec<u32> {
+                            x[..m].iter().flatten().map(|v| v.to_bits()).collect()
+                        };
+                        assert_eq!(bits(t), bits(a), "{ty} {blocks} blocks, m {m}: AMX differs");
+                    }
+                }
+                let refs: Vec<&[u8]> = rows_q.iter().map(|a| a.as_slice()).collect();
+                for (j, tile) in tiles.iter().enumerate() {
+                    let mut want = vec![[0.0; GROUP]; m];
+                    packed.group_dots(1 + j, &refs, &mut want);
+                    for i in 0..m {
+                        for r in 0..GROUP {
+                            assert_eq!(
+                                tile[i][r].to_bits(),
+                                want[i][r].to_bits(),
+                                "{ty} {blocks} blocks, m {m}, group {}, act {i}, row {r}: {} vs {}",
+                                1 + j,
+                                tile[i][r],
+                                want[i][r]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn tile_dots_reject_wrong_sizes() {
+    let ty = GgmlType::Q4_1;
+    let (rows, cols) = (GROUP, 2 * ty.block_size());
+    let data = matrix(&mut Rng::new(24), ty, rows, cols);
+    let Some(packed) = PackedMatrix::new(ty, rows, cols, &data) else {
+        return;
+    };
+    let act = quantize(ty.vec_dot_type(), &vec![0.5; cols]);
+    let mut scales = Vec::new();
+    quant::packed::activation_scales(ty.vec_dot_type(), &act, 1, &mut scales);
+    let mut out = vec![[[0.0; GROUP]; GROUP]; 1];
+    let run = |acts: &[u8], m: usize, scales: &[f32], groups: usize| {
+        let mut out = vec![[[0.0; GROUP]; GROUP]; groups];
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            packed.tile_dots(0, acts, m, scales, &mut out)
+        }))
+        .is_err()
+    };
+    assert!(run(&act[1..], 1, &scales, 1), "short activation row");
+    assert!(run(&act, 1, &scales[1..], 1), "short scales");
+    assert!(run(&act, 0, &scales, 1), "no rows");
+    assert!(run(&act, 1, &scales, 2), "group out of range");
+    packed.tile_dots(0, &act, 1, &scales, &mut out);
+}
