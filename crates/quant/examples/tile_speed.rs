@@ -1,6 +1,7 @@
 //! Single-thread throughput of the 16-row packed kernels: `group_dots`
 //! (AVX-512 VNNI) against `tile_dots` (AMX where available), for a weight
-//! matrix of SmolLM2's FFN shape and `m` activation rows.
+//! matrix of SmolLM2's FFN shape (K-quants: Qwen2.5-1.5B's attention shape)
+//! and `m` activation rows.
 //! `cargo run --release -p quant --example tile_speed`
 use quant::packed::{activation_scales, PackedMatrix, GROUP};
 use quant::GgmlType;
@@ -11,16 +12,23 @@ fn main() {
         (GgmlType::Q4_1, 1536, 576),
         (GgmlType::Q8_0, 4096, 576),
         (GgmlType::Q5_0, 1536, 576),
+        (GgmlType::Q4K, 1536, 1536),
+        (GgmlType::Q6K, 1536, 1536),
     ] {
         let rb = ty.row_bytes(cols).unwrap();
         let mut w = vec![0u8; rows * rb];
         for (i, b) in w.iter_mut().enumerate() {
             *b = ((i * 2654435761usize) >> 7) as u8;
         }
+        // Sane f16 scales (d, and Q4_1's m / Q4_K's dmin).
+        let d_at: &[usize] = match ty {
+            GgmlType::Q4_1 | GgmlType::Q4K => &[0, 2],
+            GgmlType::Q6K => &[208],
+            _ => &[0],
+        };
         for blk in w.chunks_exact_mut(ty.type_size()) {
-            blk[0..2].copy_from_slice(&0x2000u16.to_le_bytes());
-            if ty == GgmlType::Q4_1 {
-                blk[2..4].copy_from_slice(&0x2000u16.to_le_bytes());
+            for &o in d_at {
+                blk[o..o + 2].copy_from_slice(&0x2000u16.to_le_bytes());
             }
         }
         let Some(p) = PackedMatrix::new(ty, rows, cols, &w) else {

@@ -200,7 +200,10 @@ impl PackedMatrix {
     /// (else it runs [`PackedMatrix::group_dots`] per group, with equal results).
     pub fn has_tile_kernel(&self) -> bool {
         crate::amx_available()
-            && matches!(self.ty, GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0)
+            && matches!(
+                self.ty,
+                GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K
+            )
     }
 
     /// `out[g][i][r]` = row `16 * (g0 + g) + r` · activation row `i`, for the
@@ -278,7 +281,9 @@ impl PackedMatrix {
                 match self.ty {
                     GgmlType::Q4_1 => crate::amx::q4_1(nb, &self.data, g0, &tile, out),
                     GgmlType::Q8_0 => crate::amx::q8_0(nb, &self.data, g0, &tile, out),
-                    _ => crate::amx::q5_0(nb, &self.data, g0, &tile, out),
+                    GgmlType::Q5_0 => crate::amx::q5_0(nb, &self.data, g0, &tile, out),
+                    GgmlType::Q4K => crate::amx::q4k(nb, &self.data, g0, &tile, out),
+                    _ => crate::amx::q6k(nb, &self.data, g0, &tile, out),
                 }
             }
             return true;
@@ -302,21 +307,38 @@ fn amx_min_rows(ty: GgmlType) -> usize {
 fn scales_per_block(act_type: GgmlType) -> usize {
     match act_type {
         GgmlType::Q8_1 => 2,
-        _ => 1,
+        GgmlType::Q8_0 => 1,
+        _ => Q8K_TABLE_WORDS,
     }
 }
 
 /// The block scales of `rows` quantised activation rows (`acts`, type
-/// `act_type`: Q8_1 or Q8_0), as [`PackedMatrix::tile_dots`] reads them:
-/// per row and block `[d, s]` (Q8_1) or `[d]` (Q8_0), converted to `f32`.
+/// `act_type`: Q8_1, Q8_0 or Q8_K), as [`PackedMatrix::tile_dots`] reads them:
+/// per row and block `[d, s]` (Q8_1) or `[d]` (Q8_0), converted to `f32`;
+/// for Q8_K, `d` and the block sums in the pairs the Q4_K/Q6_K kernels want.
 ///
 /// Panics on other types or a size that is not whole rows of whole blocks.
 pub fn activation_scales(act_type: GgmlType, acts: &[u8], rows: usize, out: &mut Vec<f32>) {
     let (block, fields): (usize, &[usize]) = match act_type {
         GgmlType::Q8_1 => (Q8_1_BYTES, &[0, off::Q8_1_S]),
         GgmlType::Q8_0 => (Q8_0_BYTES, &[0]),
+        GgmlType::Q8K => (Q8K_BYTES, &[]),
         other => panic!("activation_scales: {other} has no tile kernel"),
     };
+    out.clear();
+    if act_type == GgmlType::Q8K {
+        assert!(
+            rows > 0
+                && acts.len().is_multiple_of(rows)
+                && (acts.len() / rows).is_multiple_of(block),
+            "activation_scales: {} bytes are not {rows} rows of {act_type} blocks",
+            acts.len()
+        );
+        for b in acts.chunks_exact(block) {
+            q8k_table_row(b, out);
+        }
+        return;
+    }
     assert!(
         rows > 0 && acts.len().is_multiple_of(rows) && (acts.len() / rows).is_multiple_of(block),
         "activation_scales: {} bytes are not {rows} rows of {act_type} blocks",
@@ -437,6 +459,38 @@ fn pack_q6k_row(src: &[u8], r: usize, dst: &mut [u8]) {
             let top = 288 + 2048 + 64 * (chunk / 4) + 4 * r + i;
             dst[top] |= (u >> 4) << (2 * (chunk % 4));
         }
+    }
+}
+
+/// Words per row and super-block of the Q8_K table ([`activation_scales`]).
+pub(crate) const Q8K_TABLE_WORDS: usize = 13;
+/// Word 0: `d` (f32). Words 1..5: for Q4_K, the 16-bit pairs
+/// `(bsum32_2k, bsum32_2k+1)` (sums of 32 quants) for `vpdpwssd` with the
+/// mins. Words 5..13: for Q6_K, the pairs `(bsum16_2k, bsum16_2k+1)` (the
+/// block's own 16-quant sums).
+pub(crate) const Q8K_TABLE_Q4K_MINS: usize = 1;
+pub(crate) const Q8K_TABLE_Q6K_SUMS: usize = 5;
+
+/// Appends the table words of one Q8_K block (`d`, then the sums as above),
+/// computed once per matmul instead of once per 16 weight rows.
+fn q8k_table_row(block: &[u8], out: &mut Vec<f32>) {
+    let d = f32::from_le_bytes([
+        block[Q8K_D],
+        block[Q8K_D + 1],
+        block[Q8K_D + 2],
+        block[Q8K_D + 3],
+    ]);
+    let bsum =
+        |s: usize| i16::from_le_bytes([block[Q8K_BSUMS + 2 * s], block[Q8K_BSUMS + 2 * s + 1]]);
+    let pair = |a: i16, b: i16| f32::from_bits(u32::from(a as u16) | (u32::from(b as u16) << 16));
+    out.push(d);
+    // (wrapping, as the AVX-512 kernel adds them in 16 bits)
+    let sum32 = |s: usize| bsum(2 * s).wrapping_add(bsum(2 * s + 1));
+    for k in 0..4 {
+        out.push(pair(sum32(2 * k), sum32(2 * k + 1)));
+    }
+    for k in 0..8 {
+        out.push(pair(bsum(2 * k), bsum(2 * k + 1)));
     }
 }
 
