@@ -32,8 +32,7 @@ use std::sync::OnceLock;
 
 use crate::blocks::{off::*, *};
 use crate::packed::{
-    Q4_1X16_BYTES, Q5_0X16_BYTES, Q8K_TABLE_Q4K_MINS, Q8K_TABLE_Q6K_SUMS, Q8K_TABLE_WORDS,
-    Q8_0X16_BYTES,
+    Q4_1X16_BYTES, Q5_0X16_BYTES, Q8K_TABLE_Q4K_MINS, Q8K_TABLE_WORDS, Q8_0X16_BYTES,
 };
 
 /// Whether the AMX kernels can run: the CPU has AMX-TILE and AMX-INT8, Linux
@@ -477,109 +476,6 @@ unsafe fn q4k_m<const M: usize>(
                 let da = _mm512_set1_ps(*t);
                 *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(*isum), *acc);
                 *acc = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, da), _mm512_cvtepi32_ps(msum), *acc);
-            }
-        }
-        for (o, a) in group_out.iter_mut().zip(&acc) {
-            _mm512_storeu_ps(o.as_mut_ptr(), *a);
-        }
-    }
-    release();
-}
-
-/// As [`q4_1`] for packed Q6_K weights against Q8_K activations (`tile.scales`
-/// unused): 16-element sub-blocks, so A is 16 bytes wide and B has 4 rows;
-/// the `-32` of the quants is applied exactly with the activation block sums.
-///
-/// # Safety
-/// As [`q4_1`].
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(crate) unsafe fn q6k(nb: usize, w: &[u8], g0: usize, tile: &Tile, out: &mut [[[f32; 16]; 16]]) {
-    dispatch_m!(q6k_m, tile, nb, w, g0, tile, out)
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6k_m<const M: usize>(
-    nb: usize,
-    w: &[u8],
-    g0: usize,
-    tile: &Tile,
-    out: &mut [[[f32; 16]; 16]],
-) {
-    use crate::packed::Q6KX16_BYTES;
-    assert!(w.len() >= (g0 + out.len()) * nb * Q6KX16_BYTES);
-    let low = _mm512_set1_epi8(0x0f);
-    let top = _mm512_set1_epi8(0x30);
-    let mut c = CTile([[0; 16]; 16]);
-    // B of sub-block s of super-block b (4 rows of 64 bytes) at 256 * (16b + s).
-    let bt = unpack_buffer(nb * 16 * 256);
-    configure(&TileConfig::new(M, 16, 4));
-    for (g, group_out) in out.iter_mut().enumerate() {
-        let wg = w.as_ptr().add((g0 + g) * nb * Q6KX16_BYTES);
-        for b in 0..nb {
-            let wb = wg.add(b * Q6KX16_BYTES);
-            for s in 0..16 {
-                let nib0 = _mm512_loadu_si512(wb.add(288 + 64 * (2 * s)).cast());
-                let nib1 = _mm512_loadu_si512(wb.add(288 + 64 * (2 * s + 1)).cast());
-                let hb = _mm512_loadu_si512(wb.add(288 + 2048 + 64 * s).cast());
-                // Chunk 4s+i: nibble | top bits << 4, as the AVX-512 kernel builds it.
-                let u = [
-                    _mm512_or_si512(
-                        _mm512_and_si512(nib0, low),
-                        _mm512_and_si512(_mm512_slli_epi16::<4>(hb), top),
-                    ),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(nib0), low),
-                        _mm512_and_si512(_mm512_slli_epi16::<2>(hb), top),
-                    ),
-                    _mm512_or_si512(_mm512_and_si512(nib1, low), _mm512_and_si512(hb, top)),
-                    _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(nib1), low),
-                        _mm512_and_si512(_mm512_srli_epi16::<2>(hb), top),
-                    ),
-                ];
-                let dst = bt.add(256 * (16 * b + s));
-                for (t, ut) in u.iter().enumerate() {
-                    _mm512_store_si512(dst.add(64 * t).cast(), *ut);
-                }
-            }
-        }
-        let mut acc = [_mm512_setzero_ps(); M];
-        for b in 0..nb {
-            let wb = wg.add(b * Q6KX16_BYTES);
-            let mut isum = [_mm512_setzero_si512(); M];
-            for s in 0..16 {
-                let a = tile.rows.add(b * Q8K_BYTES + Q8K_QS + 16 * s);
-                block_dots_su(a, tile.stride, bt.add(256 * (16 * b + s)), c.0.as_mut_ptr());
-                let scale = _mm512_cvtepi8_epi32(_mm_loadu_si128(wb.add(32 + 16 * s).cast()));
-                for (isum, c) in isum.iter_mut().zip(&c.0) {
-                    let dot = _mm512_load_si512(c.as_ptr().cast());
-                    *isum = _mm512_add_epi32(*isum, _mm512_mullo_epi32(dot, scale));
-                }
-            }
-            // The -32 of the quants: isum -= 32 * sum_s sc_s * bsum_s, with the
-            // scales of sub-blocks 2k and 2k+1 side by side as 16-bit pairs.
-            let mut sc_pairs = [_mm512_setzero_si512(); 8];
-            for (k, pair) in sc_pairs.iter_mut().enumerate() {
-                let lo = _mm512_cvtepi8_epi32(_mm_loadu_si128(wb.add(32 + 16 * (2 * k)).cast()));
-                let hi =
-                    _mm512_cvtepi8_epi32(_mm_loadu_si128(wb.add(32 + 16 * (2 * k + 1)).cast()));
-                *pair = _mm512_or_si512(
-                    _mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
-                    _mm512_slli_epi32::<16>(hi),
-                );
-            }
-            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(wb.cast()));
-            for (i, (acc, isum)) in acc.iter_mut().zip(&isum).enumerate() {
-                let t = q8k_table(tile.scales, nb, i, b);
-                let mut offset = _mm512_setzero_si512();
-                for (k, pair) in sc_pairs.iter().enumerate() {
-                    let bsums =
-                        _mm512_set1_epi32(t.add(Q8K_TABLE_Q6K_SUMS + k).cast::<i32>().read());
-                    offset = _mm512_dpwssd_epi32(offset, *pair, bsums);
-                }
-                let signed = _mm512_sub_epi32(*isum, _mm512_slli_epi32::<5>(offset));
-                let da = _mm512_set1_ps(*t);
-                *acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, da), _mm512_cvtepi32_ps(signed), *acc);
             }
         }
         for (o, a) in group_out.iter_mut().zip(&acc) {

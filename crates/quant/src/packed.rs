@@ -202,7 +202,7 @@ impl PackedMatrix {
         crate::amx_available()
             && matches!(
                 self.ty,
-                GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4K | GgmlType::Q6K
+                GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q5_0 | GgmlType::Q4K
             )
     }
 
@@ -282,8 +282,7 @@ impl PackedMatrix {
                     GgmlType::Q4_1 => crate::amx::q4_1(nb, &self.data, g0, &tile, out),
                     GgmlType::Q8_0 => crate::amx::q8_0(nb, &self.data, g0, &tile, out),
                     GgmlType::Q5_0 => crate::amx::q5_0(nb, &self.data, g0, &tile, out),
-                    GgmlType::Q4K => crate::amx::q4k(nb, &self.data, g0, &tile, out),
-                    _ => crate::amx::q6k(nb, &self.data, g0, &tile, out),
+                    _ => crate::amx::q4k(nb, &self.data, g0, &tile, out),
                 }
             }
             return true;
@@ -294,12 +293,16 @@ impl PackedMatrix {
 }
 
 /// The fewest activation rows for which the AMX kernel of `ty` beats the
-/// AVX-512 one (single thread, `examples/tile_speed`): Q4_1 must unpack its
-/// nibbles for every call, Q8_0's packed chunks are AMX's B tiles as they lie.
+/// AVX-512 one (single thread, `examples/tile_speed`; AMX / AVX-512 at 4, 8
+/// and 16 rows): Q5_0 1.3x/2.0x/2.8x, Q4_1 0.9x/1.3x/1.7x, Q8_0 0.9x/1.5x/2.3x,
+/// Q4_K 0.8x/1.0x/1.2x. (Q6_K, with 16-element sub-blocks, was no faster at
+/// any size and has no AMX kernel.)
 fn amx_min_rows(ty: GgmlType) -> usize {
     match ty {
-        GgmlType::Q4_1 => 12,
-        _ => 6,
+        GgmlType::Q5_0 => 4,
+        GgmlType::Q4_1 => 8,
+        GgmlType::Q8_0 => 6,
+        _ => 12,
     }
 }
 
@@ -315,7 +318,7 @@ fn scales_per_block(act_type: GgmlType) -> usize {
 /// The block scales of `rows` quantised activation rows (`acts`, type
 /// `act_type`: Q8_1, Q8_0 or Q8_K), as [`PackedMatrix::tile_dots`] reads them:
 /// per row and block `[d, s]` (Q8_1) or `[d]` (Q8_0), converted to `f32`;
-/// for Q8_K, `d` and the block sums in the pairs the Q4_K/Q6_K kernels want.
+/// for Q8_K, `d` and the block sums in the pairs the Q4_K kernel wants.
 ///
 /// Panics on other types or a size that is not whole rows of whole blocks.
 pub fn activation_scales(act_type: GgmlType, acts: &[u8], rows: usize, out: &mut Vec<f32>) {
@@ -463,13 +466,10 @@ fn pack_q6k_row(src: &[u8], r: usize, dst: &mut [u8]) {
 }
 
 /// Words per row and super-block of the Q8_K table ([`activation_scales`]).
-pub(crate) const Q8K_TABLE_WORDS: usize = 13;
-/// Word 0: `d` (f32). Words 1..5: for Q4_K, the 16-bit pairs
-/// `(bsum32_2k, bsum32_2k+1)` (sums of 32 quants) for `vpdpwssd` with the
-/// mins. Words 5..13: for Q6_K, the pairs `(bsum16_2k, bsum16_2k+1)` (the
-/// block's own 16-quant sums).
+pub(crate) const Q8K_TABLE_WORDS: usize = 5;
+/// Word 0: `d` (f32). Words 1..5: the 16-bit pairs `(bsum32_2k, bsum32_2k+1)`
+/// (sums of 32 quants) for `vpdpwssd` with Q4_K's mins.
 pub(crate) const Q8K_TABLE_Q4K_MINS: usize = 1;
-pub(crate) const Q8K_TABLE_Q6K_SUMS: usize = 5;
 
 /// Appends the table words of one Q8_K block (`d`, then the sums as above),
 /// computed once per matmul instead of once per 16 weight rows.
@@ -488,9 +488,6 @@ fn q8k_table_row(block: &[u8], out: &mut Vec<f32>) {
     let sum32 = |s: usize| bsum(2 * s).wrapping_add(bsum(2 * s + 1));
     for k in 0..4 {
         out.push(pair(sum32(2 * k), sum32(2 * k + 1)));
-    }
-    for k in 0..8 {
-        out.push(pair(bsum(2 * k), bsum(2 * k + 1)));
     }
 }
 

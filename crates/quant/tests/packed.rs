@@ -127,6 +127,7 @@ const TILE_TYPES: [GgmlType; 5] = [
     GgmlType::Q8_0,
     GgmlType::Q5_0,
     GgmlType::Q4K,
+    // (no AMX kernel: the fallback to `group_dots`)
     GgmlType::Q6K,
 ];
 
