@@ -1,6 +1,6 @@
 //! Diagnostic: decode tokens/s of B sequences stepped together with `forward_many`
 //! (continuous batching's inner loop) against one sequence alone.
-//! Usage: batch_speed MODEL [THREADS] [CONTEXT] [B,...]
+//! Usage: [STEPS=32] batch_speed MODEL [THREADS] [CONTEXT] [B,...]
 use model::{Batch, ForwardScratch, LogitsFor, SequenceBatch};
 use std::time::Instant;
 fn main() {
@@ -13,7 +13,7 @@ fn main() {
         .unwrap_or(vec![1, 2, 4, 8]);
     let loaded = model::load_gguf(std::path::Path::new(&a[1]), threads).unwrap();
     let m = &loaded.model;
-    let steps = 32;
+    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
     let toks: Vec<u32> = (0..ctx as u32 + steps as u32)
         .map(|i| (i * 7919 + 13) % 40000 + 100)
         .collect();
