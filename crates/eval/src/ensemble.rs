@@ -48,7 +48,7 @@ impl NextByteModel for ByteScorer<'_> {
     fn push(&mut self, byte: u8) -> Result<()> {
         ByteScorer::push(self, byte)
             .map(|_| ())
-            .map_err(|e| EvalError::Input(format!("byte-level model: {e}")))
+            .map_err(|e| EvalError::Input(e.to_string()))
     }
 }
 
@@ -343,8 +343,9 @@ pub fn score_pair<M1: NextByteModel, M2: NextByteModel>(
             }
             *total -= p.log2();
         }
-        model1.push(byte)?;
-        model2.push(byte)?;
+        let which = |n: u8| move |e: EvalError| EvalError::Input(format!("model {n}: {e}"));
+        model1.push(byte).map_err(which(1))?;
+        model2.push(byte).map_err(which(2))?;
     }
     Ok(PassageBits {
         bytes: text.len(),
