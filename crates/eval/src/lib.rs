@@ -8,6 +8,9 @@
 //!   rank) in one pass, and from it perplexity and the Fast-DetectGPT criterion.
 //! - [`detect`] evaluates that criterion as a machine-text detector (AUROC of human
 //!   passages against the model's own continuations of their first sentence).
+//! - [`ensemble`] combines two models' exact next-byte distributions (linear and
+//!   geometric pooling, a Bayesian mixture), so models with different tokenizers can
+//!   be ensembled, and reports bits per byte of each model and each combination.
 //! - [`bench`] measures prefill and decode throughput the way `llama-bench` does
 //!   (random tokens from an empty cache, a warm-up run, mean ± sd over repetitions).
 //! - [`llama_bench`] runs llama.cpp's `llama-bench` and parses its JSON, so both engines
@@ -24,6 +27,7 @@
 pub mod bench;
 pub mod constrained;
 pub mod detect;
+pub mod ensemble;
 pub mod humaneval;
 pub mod kv_eval;
 pub mod lastde;

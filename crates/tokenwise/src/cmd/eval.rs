@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::cmd::{eval_fim, eval_kv};
+use crate::cmd::{eval_ensemble, eval_fim, eval_kv};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -19,11 +19,15 @@ pub enum EvalCommand {
     /// Prompts cut mid-token (HumanEval, cut inside the solution's first line):
     /// pass@1 of naive tokenisation, token healing and byte-level decoding.
     Fim(eval_fim::Args),
+    /// Two models with different vocabularies ensembled byte by byte (mixture,
+    /// product, Bayesian mixture): bits per byte of each model and each ensemble.
+    Ensemble(eval_ensemble::Args),
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.command {
         EvalCommand::Kv(a) => eval_kv::run(a),
         EvalCommand::Fim(a) => eval_fim::run(a),
+        EvalCommand::Ensemble(a) => eval_ensemble::run(a),
     }
 }
