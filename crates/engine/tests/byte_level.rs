@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::smollm2;
+use common::{load, smollm2, GEMMA3};
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -222,4 +222,22 @@ fn dropping_dead_branches_of_the_token_tree_changes_nothing() {
     for (a, b) in never.iter().zip(&often) {
         assert!((a - b).abs() < 1e-9, "{a} vs {b}");
     }
+}
+
+/// Gemma 3's newline and whitespace-run tokens are user-defined; they must spell
+/// their bytes, or byte-level scoring prices every newline as a byte token.
+#[test]
+fn user_defined_whitespace_tokens_spell_their_bytes() {
+    let (_turn, gemma) = load(GEMMA3);
+    let vocab = model_vocabulary(gemma).expect("vocabulary");
+    let newline = gemma
+        .tokenizer
+        .encode("a\nb", false, false)
+        .expect("tokenises");
+    let spelled: Vec<&[u8]> = newline.iter().map(|&t| vocab.piece(t)).collect();
+    assert_eq!(spelled.concat(), b"a\nb", "pieces {spelled:?}");
+    assert!(
+        newline.iter().any(|&t| vocab.piece(t) == b"\n"),
+        "no single-token newline in {newline:?}"
+    );
 }

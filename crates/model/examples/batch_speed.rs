@@ -13,7 +13,10 @@ fn main() {
         .unwrap_or(vec![1, 2, 4, 8]);
     let loaded = model::load_gguf(std::path::Path::new(&a[1]), threads).unwrap();
     let m = &loaded.model;
-    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(32);
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
     let toks: Vec<u32> = (0..ctx as u32 + steps as u32)
         .map(|i| (i * 7919 + 13) % 40000 + 100)
         .collect();
