@@ -33,7 +33,8 @@ enum Command {
     /// passages against the model's own continuations).
     DetectEval(cmd::detect_eval::Args),
     /// Evaluations: `eval kv` compares KV eviction policies and budgets; `eval fim`
-    /// completes HumanEval prompts cut mid-token (naive, token healing, byte-level).
+    /// completes HumanEval prompts cut mid-token (naive, token healing, byte-level);
+    /// `eval ensemble` scores text byte by byte with two models and their ensembles.
     Eval(cmd::eval::EvalArgs),
     /// Show a model file's metadata, tensor types and sizes.
     Inspect(cmd::inspect::Args),
