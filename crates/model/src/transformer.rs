@@ -109,6 +109,7 @@ struct Scratch {
     up: Vec<f32>,
     scores: Vec<f32>,
     acts: Vec<u8>,
+    /// RoPE angles per row: `[n, head_dim / 2]`, global and local base.
     angles: Vec<(f32, f32)>,
     angles_local: Vec<(f32, f32)>,
     out_rows: Vec<usize>,
@@ -169,17 +170,17 @@ pub struct Model {
 /// A mutable slice shared by the tasks of one parallel region, each writing a
 /// disjoint set of indices.
 #[derive(Clone, Copy)]
-struct SharedOut {
-    ptr: *mut f32,
+struct SharedOut<T = f32> {
+    ptr: *mut T,
     len: usize,
 }
 // SAFETY: tasks write disjoint indices (asserted by construction at each use) and the
 // region ends before the owning slice is used again.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}
 
-impl SharedOut {
-    fn new(s: &mut [f32]) -> SharedOut {
+impl<T> SharedOut<T> {
+    fn new(s: &mut [T]) -> SharedOut<T> {
         SharedOut {
             ptr: s.as_mut_ptr(),
             len: s.len(),
@@ -188,11 +189,17 @@ impl SharedOut {
     /// # Safety
     /// No other task may access `start..start + n` during the region.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn slice(&self, start: usize, n: usize) -> &mut [f32] {
+    unsafe fn slice(&self, start: usize, n: usize) -> &mut [T] {
         assert!(start + n <= self.len);
         std::slice::from_raw_parts_mut(self.ptr.add(start), n)
     }
 }
+
+/// Below this many rows the per-row steps between matmuls (norms, RoPE, the gated
+/// activation, activation quantisation) run on the calling thread; from it on they are
+/// split across the pool (a prefill's rows; a decode step has too few to pay for the
+/// extra synchronisation).
+const PARALLEL_ROWS: usize = 32;
 
 impl Model {
     pub fn new(config: ModelConfig, weights: ModelWeights, n_threads: usize) -> Model {
@@ -321,6 +328,23 @@ impl Model {
             s.slots.push((first_slot, seq.cache.len()));
         }
 
+        // RoPE angles of every row, once for all layers (and once more for the local
+        // layers' base, where the model has them).
+        let half = c.head_dim / 2;
+        let any_local = (0..c.n_layer).any(|il| c.is_local_layer(il));
+        for (table, base, wanted) in [
+            (&mut s.angles, c.rope_base, true),
+            (&mut s.angles_local, c.rope_base_local, any_local),
+        ] {
+            if !wanted {
+                continue;
+            }
+            table.resize(n * half, (0.0, 0.0));
+            for (i, &pos) in s.positions.iter().enumerate() {
+                ops::rope_angles(pos, base, c.head_dim, &mut table[i * half..(i + 1) * half]);
+            }
+        }
+
         for (il, lw) in self.weights.layers.iter().enumerate() {
             if layers.is_some_and(|l| !l[il]) {
                 continue;
@@ -328,14 +352,7 @@ impl Model {
             // --- attention block ---
             // xn = rms_norm(x) * attn_norm
             s.xn.resize(n * e, 0.0);
-            for i in 0..n {
-                ops::rms_norm(
-                    &s.x[i * e..(i + 1) * e],
-                    &lw.attn_norm,
-                    c.rms_eps,
-                    &mut s.xn[i * e..(i + 1) * e],
-                );
-            }
+            self.rms_norm_rows(&s.x, &lw.attn_norm, n, &mut s.xn);
             // q: [n, n_head, hd], k/v: [n, n_head_kv, hd]
             s.q.resize(n * qd, 0.0);
             s.k.resize(n * kvd, 0.0);
@@ -357,31 +374,20 @@ impl Model {
                 ops::rms_norm_rows_in_place(&mut s.k, kn, c.rms_eps);
             }
             let local = c.is_local_layer(il);
-            let base = if local {
-                c.rope_base_local
-            } else {
-                c.rope_base
-            };
-            for i in 0..n {
-                let angles = if local {
-                    &mut s.angles_local
-                } else {
-                    &mut s.angles
-                };
-                angles.resize(c.head_dim / 2, (0.0, 0.0));
-                ops::rope_angles(s.positions[i], base, c.head_dim, angles);
-                ops::apply_rope(
-                    &mut s.q[i * qd..(i + 1) * qd],
-                    c.head_dim,
-                    angles,
-                    c.rope_style,
-                );
-                ops::apply_rope(
-                    &mut s.k[i * kvd..(i + 1) * kvd],
-                    c.head_dim,
-                    angles,
-                    c.rope_style,
-                );
+            {
+                // angles: [n, head_dim / 2], computed once per forward pass and base
+                let table = if local { &s.angles_local } else { &s.angles };
+                let half = c.head_dim / 2;
+                let (q, k) = (SharedOut::new(&mut s.q), SharedOut::new(&mut s.k));
+                self.for_row_ranges(n, &|rows| {
+                    for i in rows {
+                        let angles = &table[i * half..(i + 1) * half];
+                        // SAFETY: row i of q and k belongs to this task.
+                        let (qi, ki) = unsafe { (q.slice(i * qd, qd), k.slice(i * kvd, kvd)) };
+                        ops::apply_rope(qi, c.head_dim, angles, c.rope_style);
+                        ops::apply_rope(ki, c.head_dim, angles, c.rope_style);
+                    }
+                });
             }
 
             s.attn.resize(n * qd, 0.0);
@@ -445,14 +451,7 @@ impl Model {
             add_in_place(&mut s.x, &s.proj);
 
             // --- feed-forward block ---
-            for i in 0..n {
-                ops::rms_norm(
-                    &s.x[i * e..(i + 1) * e],
-                    &lw.ffn_norm,
-                    c.rms_eps,
-                    &mut s.xn[i * e..(i + 1) * e],
-                );
-            }
+            self.rms_norm_rows(&s.x, &lw.ffn_norm, n, &mut s.xn);
             s.gate.resize(n * ff, 0.0);
             s.up.resize(n * ff, 0.0);
             self.linear_many(
@@ -461,7 +460,15 @@ impl Model {
                 &mut s.acts,
                 &mut [(&lw.w_gate, &mut s.gate), (&lw.w_up, &mut s.up)],
             );
-            ops::gated_activation(&mut s.gate, &s.up, c.activation);
+            {
+                let gate = SharedOut::new(&mut s.gate);
+                let up = &s.up;
+                self.for_row_ranges(n, &|rows| {
+                    // SAFETY: each range's rows belong to one task.
+                    let g = unsafe { gate.slice(rows.start * ff, rows.len() * ff) };
+                    ops::gated_activation(g, &up[rows.start * ff..rows.end * ff], c.activation);
+                });
+            }
             self.linear_many(&s.gate, n, &mut s.acts, &mut [(&lw.w_down, &mut s.proj)]);
             if let Some(w) = &lw.post_ffn_norm {
                 ops::rms_norm_rows_in_place(&mut s.proj, w, c.rms_eps);
@@ -502,6 +509,32 @@ impl Model {
                 .for_each(|l| *l = cap * (*l / cap).tanh());
         }
         Ok(())
+    }
+
+    /// `out[i] = rms_norm(x[i]) * w` for the `n` rows of `x` (`[n, n_embd]`).
+    fn rms_norm_rows(&self, x: &[f32], w: &[f32], n: usize, out: &mut [f32]) {
+        let (e, eps) = (self.config.n_embd, self.config.rms_eps);
+        let dst = SharedOut::new(out);
+        self.for_row_ranges(n, &|rows| {
+            for i in rows {
+                // SAFETY: row i belongs to this task.
+                let o = unsafe { dst.slice(i * e, e) };
+                ops::rms_norm(&x[i * e..(i + 1) * e], w, eps, o);
+            }
+        });
+    }
+
+    /// Runs `f` over row ranges covering `0..n`: in one piece on this thread below
+    /// [`PARALLEL_ROWS`] rows (or with the reference kernels), else split across the
+    /// pool. `f` must touch only its rows, so the results do not depend on the split.
+    fn for_row_ranges(&self, n: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
+        if n < PARALLEL_ROWS || matches!(self.kernels, Kernels::Reference) {
+            f(0..n);
+            return;
+        }
+        let n_tasks = (self.pool.n_threads() * 2).min(n);
+        self.pool
+            .run(n_tasks, &|t| f(t * n / n_tasks..(t + 1) * n / n_tasks));
     }
 
     fn validate(&self, cache: &KvCache, batch: &Batch<'_>) -> Result<()> {
@@ -590,14 +623,15 @@ impl Model {
             let row_bytes = ty.row_bytes(cols).expect("validated at load time");
             let offset = acts.len();
             acts.resize(offset + n * row_bytes, 0);
-            for i in 0..n {
-                quant::quantize_row(
-                    ty,
-                    &x[i * cols..(i + 1) * cols],
-                    &mut acts[offset + i * row_bytes..offset + (i + 1) * row_bytes],
-                )
-                .expect("row sizes match by construction");
-            }
+            let dst = SharedOut::new(&mut acts[offset..]);
+            self.for_row_ranges(n, &|rows| {
+                for i in rows {
+                    // SAFETY: row i belongs to this task.
+                    let d = unsafe { dst.slice(i * row_bytes, row_bytes) };
+                    quant::quantize_row(ty, &x[i * cols..(i + 1) * cols], d)
+                        .expect("row sizes match by construction");
+                }
+            });
             formats.push((ty, offset, row_bytes));
         }
         for (w, _) in jobs.iter() {

@@ -36,7 +36,7 @@ fn main() {
         };
         let at = ty.vec_dot_type();
         let arb = at.row_bytes(cols).unwrap();
-        for m in [1, 2, 4, 8, 16] {
+        for m in [1, 2, 4, 5, 6, 8, 12, 16] {
             let mut acts = vec![0u8; m * arb];
             for i in 0..m {
                 let x: Vec<f32> = (0..cols)

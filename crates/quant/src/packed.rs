@@ -297,7 +297,18 @@ impl PackedMatrix {
 /// and 16 rows): Q5_0 1.3x/2.0x/2.8x, Q4_1 0.9x/1.3x/1.7x, Q8_0 0.9x/1.5x/2.3x,
 /// Q4_K 0.8x/1.0x/1.2x. (Q6_K, with 16-element sub-blocks, was no faster at
 /// any size and has no AMX kernel.)
+///
+/// `QUANT_AMX_MIN_ROWS=N` sets one threshold for every type (for measuring).
 fn amx_min_rows(ty: GgmlType) -> usize {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let fixed = OVERRIDE.get_or_init(|| {
+        std::env::var("QUANT_AMX_MIN_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(n) = *fixed {
+        return n;
+    }
     match ty {
         GgmlType::Q5_0 => 4,
         GgmlType::Q4_1 => 8,
