@@ -210,8 +210,7 @@ fn prompt_ids(loaded: &LoadedModel, text: &str) -> Result<Vec<u32>> {
 fn body_indent(prompt: &str) -> usize {
     prompt
         .lines()
-        .filter(|l| l.trim_start().starts_with("def "))
-        .last()
+        .rfind(|l| l.trim_start().starts_with("def "))
         .map_or(0, |l| l.len() - l.trim_start().len())
         + 1
 }
