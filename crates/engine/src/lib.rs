@@ -7,6 +7,8 @@
 //! * [`Session::generate`] prefills a prompt in chunks, then samples token by token,
 //!   reporting each token as a [`TokenEvent`] (text, log-probability, entropy, rank and
 //!   optional top alternatives) to a callback that can stop generation early.
+//! * [`EntropySwitching`] (module [`switching`]) generates with a small model and hands
+//!   uncertain steps to a large one with the same tokenizer (lossy, off by default).
 //! * [`chat_prompt_ids`] renders a conversation with the model's chat template and
 //!   tokenises it the way a prompt is tokenised.
 //!
@@ -23,6 +25,7 @@ pub mod scheduler;
 mod session;
 pub mod speculative;
 mod stop;
+pub mod switching;
 
 /// Re-exported so callers can name policies and budgets without the `kv` crate.
 pub use ::kv::{policy_from_name, Budget, KvError, PolicyParams, POLICY_NAMES};
@@ -43,6 +46,9 @@ pub use speculative::{
     SpeculativeMethod, SpeculativeStats, Speculator,
 };
 pub use stop::StopMatcher;
+pub use switching::{
+    EntropySwitching, SwitchedToken, SwitchingConfig, SwitchingGeneration, SwitchingStats,
+};
 
 /// Re-exported so callers can configure sampling without naming the `sample` crate.
 pub use sample::SamplerConfig;

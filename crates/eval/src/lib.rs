@@ -18,6 +18,9 @@
 //! - [`humaneval`] completes HumanEval prompts cut inside the first line of the
 //!   canonical solution (naive tokenisation, token healing, byte-level generation) and
 //!   runs each problem's tests in a sandboxed `python3` subprocess (pass@1).
+//! - [`ead`] evaluates entropy-adaptive model switching (`engine::switching`) on
+//!   HumanEval: pass@1, the large model's share of tokens, speed, and perplexity under
+//!   the large model, for each model alone and each threshold.
 //! - [`sysinfo`] reads what a benchmark report needs about the machine (CPU, kernel,
 //!   peak RSS).
 //!
@@ -27,6 +30,7 @@
 pub mod bench;
 pub mod constrained;
 pub mod detect;
+pub mod ead;
 pub mod ensemble;
 pub mod humaneval;
 pub mod kv_eval;

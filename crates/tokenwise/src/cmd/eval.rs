@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use crate::cmd::{eval_ensemble, eval_fim, eval_kv};
+use crate::cmd::{eval_ead, eval_ensemble, eval_fim, eval_kv};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -22,6 +22,10 @@ pub enum EvalCommand {
     /// Two models with different vocabularies ensembled byte by byte (mixture,
     /// product, Bayesian mixture): bits per byte of each model and each ensemble.
     Ensemble(eval_ensemble::Args),
+    /// Entropy-adaptive model switching on HumanEval: a small model hands uncertain
+    /// steps to a large one; pass@1, large-model share, tokens/s and perplexity under
+    /// the large model for each model alone and each threshold.
+    Ead(eval_ead::Args),
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -29,5 +33,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
         EvalCommand::Kv(a) => eval_kv::run(a),
         EvalCommand::Fim(a) => eval_fim::run(a),
         EvalCommand::Ensemble(a) => eval_ensemble::run(a),
+        EvalCommand::Ead(a) => eval_ead::run(a),
     }
 }

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod compress;
 pub mod detect_eval;
 pub mod eval;
+pub mod eval_ead;
 pub mod eval_ensemble;
 pub mod eval_fim;
 pub mod eval_kv;
