@@ -169,3 +169,45 @@ fn eval_ead_bad_input_is_a_one_line_error() {
     ]);
     assert!(err.contains("one tokenizer"), "{err}");
 }
+
+/// `generate --switch-model`: with a threshold no entropy reaches, the text is the
+/// small model's plain greedy output; with 0 every token is the large model's
+/// (here the same model, so the same text), and the summary says so.
+#[test]
+fn generate_with_switching_matches_plain_greedy_output() {
+    let Some(q) = qwen() else { return };
+    let q = q.to_string_lossy().into_owned();
+    let base = [
+        "generate",
+        "-m",
+        &q,
+        "-p",
+        "def add(a, b):",
+        "--max-tokens",
+        "12",
+        "--temperature",
+        "0",
+    ];
+    let plain = tokenwise(&base);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    for (threshold, share) in [
+        ("1000", "0 from the large model (0%)"),
+        ("0", "12 from the large model (100%)"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(["--switch-model", &q, "--switch-threshold", threshold]);
+        let switched = tokenwise(&args);
+        let err = String::from_utf8_lossy(&switched.stderr);
+        assert!(switched.status.success(), "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&switched.stdout),
+            String::from_utf8_lossy(&plain.stdout),
+            "threshold {threshold}"
+        );
+        assert!(err.contains(share), "threshold {threshold}: {err}");
+    }
+}

@@ -106,6 +106,29 @@ pub struct Args {
     /// Prompt tokens --token-healing backs up.
     #[arg(long, value_name = "N", default_value_t = engine::healing::DEFAULT_BACK_UP, requires = "token_healing")]
     pub heal_tokens: usize,
+    #[command(flatten)]
+    pub switching: SwitchingArgs,
+}
+
+/// Entropy-adaptive model switching (EAD, lossy; off unless a large model is given).
+#[derive(clap::Args)]
+pub struct SwitchingArgs {
+    /// Generate with --model (the small one) and let this larger model (same
+    /// tokenizer) choose the tokens while the small model's rolling entropy exceeds
+    /// --switch-threshold.
+    #[arg(long, value_name = "MODEL", conflicts_with_all = ["byte_level", "token_healing", "counterfactual", "gumbel", "show_entropy"])]
+    pub switch_model: Option<String>,
+    /// Rolling entropy (nats) above which the large model decides.
+    #[arg(
+        long,
+        value_name = "H",
+        default_value_t = 0.5,
+        requires = "switch_model"
+    )]
+    pub switch_threshold: f64,
+    /// Steps in the rolling mean of the small model's entropy.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "switch_model")]
+    pub switch_window: usize,
 }
 
 /// Uncertainty-guided lookahead (AdaDec): off unless a threshold is given or calibrated.
@@ -307,6 +330,12 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_default(),
         ..GenerationParams::default()
     };
+    if let Some(large) = &a.switching.switch_model {
+        if speculative.is_some() {
+            bail!("--switch-model cannot be combined with speculative decoding");
+        }
+        return run_switching(&a, &loaded, large, n_ctx, &prompt, &params);
+    }
     if let Some(r) = &replay {
         eprintln!(
             "counterfactual: step {} was {} {:?}, now {} {:?}; steps before it replayed",
@@ -719,6 +748,83 @@ fn summary_text(s: &GenerationStats, p: &GenerationParams) -> String {
 /// (`engine::byte_level`), then bytes are drawn one at a time from its next-byte
 /// distribution (256 bytes and end-of-text) with the sampler chain. Tokenisations are
 /// pruned as in `score --bytes` (relative mass 1e-4, at most 8 new per byte).
+/// `generate --switch-model`: the small model (`loaded`) and the large one decide by
+/// the small model's rolling entropy (`engine::switching`); text (or --jsonl records
+/// with the deciding model) on stdout, the large model's share on stderr.
+fn run_switching(
+    a: &Args,
+    loaded: &model::LoadedModel,
+    large_name: &str,
+    n_ctx: usize,
+    prompt: &[u32],
+    params: &GenerationParams,
+) -> Result<()> {
+    use engine::switching::{EntropySwitching, SwitchingConfig};
+    let (_, large) = models::load(large_name, a.runtime.threads)?;
+    let config = SwitchingConfig {
+        threshold: a.switching.switch_threshold,
+        window: a.switching.switch_window,
+    };
+    let mut switching = EntropySwitching::new(loaded, &large, n_ctx, config)?;
+    let mut out = io::stdout().lock();
+    let mut write_error = None;
+    let g = switching.generate(prompt, params, |t| {
+        let r = if a.jsonl {
+            let rec = json!({
+                "index": t.index,
+                "id": t.id,
+                "text": t.text,
+                "from_large": t.from_large,
+                "small_entropy": t.small_entropy,
+                "rolling_entropy": t.rolling_entropy,
+            });
+            writeln!(out, "{rec}")
+        } else {
+            out.write_all(t.text.as_bytes())
+        };
+        match r.and_then(|()| out.flush()) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(err) = write_error {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            return Ok(());
+        }
+        return Err(err).context("writing to stdout");
+    }
+    let st = &g.stats;
+    if a.jsonl {
+        let rec = json!({ "summary": {
+            "generated_tokens": st.generated_tokens,
+            "large_tokens": st.large_tokens,
+            "large_share": st.large_share(),
+            "large_catch_ups": st.large_catch_ups,
+            "secs": st.secs,
+            "stop_reason": format!("{:?}", st.stop_reason),
+        }});
+        writeln!(out, "{rec}").context("writing to stdout")?;
+    } else {
+        writeln!(out).context("writing to stdout")?;
+    }
+    if !a.quiet {
+        eprintln!(
+            "entropy switching (threshold {} nats, window {}): {} tokens, {} from the large model ({:.0}%), {} catch-ups, {:.2} tok/s",
+            config.threshold,
+            config.window,
+            st.generated_tokens,
+            st.large_tokens,
+            100.0 * st.large_share(),
+            st.large_catch_ups,
+            st.generated_tokens as f64 / st.secs.max(1e-9),
+        );
+    }
+    Ok(())
+}
+
 fn run_byte_level(a: Args) -> Result<()> {
     use engine::byte_level::{model_vocabulary, ByteScorer, Prune};
 
