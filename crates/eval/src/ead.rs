@@ -16,7 +16,7 @@ use std::time::Instant;
 use engine::{EntropySwitching, GenerationParams, Session, SwitchingConfig};
 use model::{Batch, LoadedModel, LogitsFor};
 
-use crate::humaneval::{function_end, run_sandboxed, Outcome, Problem, SandboxOptions};
+use crate::humaneval::{function_end, prompt_ids, run_sandboxed, Outcome, Problem, SandboxOptions};
 use crate::{EvalError, Result};
 
 /// Which way completions are generated.
@@ -190,19 +190,6 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 fn engine_err(e: engine::EngineError) -> EvalError {
     EvalError::Input(e.to_string())
-}
-
-/// `text` tokenised as a prompt starting with the model's start token (BOS, or EOS for
-/// Qwen, which has none), as `eval fim` does, so both harnesses condition alike.
-fn prompt_ids(loaded: &LoadedModel, text: &str) -> Result<Vec<u32>> {
-    let tok = &loaded.tokenizer;
-    let mut ids = tok.encode_prompt(text)?;
-    if let Some(start) = tok.bos_id().or(tok.eos_id()) {
-        if ids.first() != Some(&start) {
-            ids.insert(0, start);
-        }
-    }
-    Ok(ids)
 }
 
 /// The indentation that a line must be left of to end the prompt's function: one more

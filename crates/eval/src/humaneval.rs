@@ -307,8 +307,8 @@ fn byte_err(e: engine::byte_level::ByteLevelError) -> EvalError {
 }
 
 /// `text` tokenised as a prompt, starting with the model's start token (see the module
-/// docs).
-fn prompt_ids(loaded: &LoadedModel, text: &str) -> Result<Vec<u32>> {
+/// docs); `eval ead` conditions its prompts the same way.
+pub(crate) fn prompt_ids(loaded: &LoadedModel, text: &str) -> Result<Vec<u32>> {
     let tok = &loaded.tokenizer;
     let mut ids = tok.encode_prompt(text)?;
     if let Some(start) = tok.bos_id().or(tok.eos_id()) {
