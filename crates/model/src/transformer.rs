@@ -377,7 +377,6 @@ impl Model {
             {
                 // angles: [n, head_dim / 2], computed once per forward pass and base
                 let table = if local { &s.angles_local } else { &s.angles };
-                let half = c.head_dim / 2;
                 let (q, k) = (SharedOut::new(&mut s.q), SharedOut::new(&mut s.k));
                 self.for_row_ranges(n, &|rows| {
                     for i in rows {
@@ -610,8 +609,9 @@ impl Model {
     ) {
         // Quantise the input once per activation format the matrices need (usually one).
         let cols = jobs[0].0.cols;
-        let mut formats: Vec<(GgmlType, usize, usize)> = Vec::with_capacity(2); // (type, offset, row_bytes)
-                                                                                // Block scales as f32, per format that feeds a tile kernel: (type, scales).
+        // (type, offset, row_bytes)
+        let mut formats: Vec<(GgmlType, usize, usize)> = Vec::with_capacity(2);
+        // Block scales as f32, per format that feeds an AMX tile kernel: (type, scales).
         let mut tile_scales: Vec<(GgmlType, Vec<f32>)> = Vec::new();
         acts.clear();
         for (w, _) in jobs.iter() {
@@ -636,7 +636,9 @@ impl Model {
         }
         for (w, _) in jobs.iter() {
             let ty = w.ty.vec_dot_type();
-            if w.packed().is_some_and(|p| p.has_tile_kernel())
+            // (A task's row tile holds at most n rows: below the threshold no tile
+            // kernel runs and no scales are needed.)
+            if w.packed().is_some_and(|p| p.tiles_for(n.min(ROW_TILE)))
                 && !tile_scales.iter().any(|t| t.0 == ty)
             {
                 let &(_, offset, row_bytes) =
@@ -682,9 +684,9 @@ impl Model {
                 .find(|f| f.0 == w.ty.vec_dot_type())
                 .expect("quantised above");
             let out = outs[j];
-            // Activation rows in tiles of up to TILE; one code path for one and many
-            // rows, as the kernels give a row the same bits either way.
-            const TILE: usize = 16;
+            // Activation rows in tiles of up to ROW_TILE; one code path for one and
+            // many rows, as the kernels give a row the same bits either way.
+            const TILE: usize = ROW_TILE;
             const GROUP: usize = quant::packed::GROUP;
             let act_row = |i: usize| &acts[offset + i * row_bytes..offset + (i + 1) * row_bytes];
             let mut a_rows: [&[u8]; TILE] = [&[]; TILE];
@@ -697,7 +699,7 @@ impl Model {
                 match w.packed() {
                     // Rows r0..r1 are whole groups (chunks are multiples of GROUP and
                     // packed matrices have a multiple of GROUP rows).
-                    Some(packed) if packed.has_tile_kernel() => {
+                    Some(packed) if packed.tiles_for(m) => {
                         let ty = w.ty.vec_dot_type();
                         let scales = &tile_scales
                             .iter()
@@ -1076,6 +1078,9 @@ pub fn reposition_cache(config: &ModelConfig, cache: &mut KvCache) -> Result<()>
 
 /// The most 16-row groups of one matrix a matmul task covers (64 rows).
 const MAX_TASK_GROUPS: usize = 4;
+
+/// The most activation rows a matmul kernel call takes (an AMX tile's rows).
+const ROW_TILE: usize = 16;
 
 /// Reference linear layer: each weight row dequantised to f32, then f32 dot products.
 // w: [rows, cols], x: [n, cols] -> out: [n, rows]

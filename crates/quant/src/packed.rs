@@ -206,6 +206,12 @@ impl PackedMatrix {
             )
     }
 
+    /// Whether [`PackedMatrix::tile_dots`] would run `m` activation rows on AMX
+    /// tiles (else it runs [`PackedMatrix::group_dots`]).
+    pub fn tiles_for(&self, m: usize) -> bool {
+        self.has_tile_kernel() && m >= amx_min_rows(self.ty)
+    }
+
     /// `out[g][i][r]` = row `16 * (g0 + g) + r` · activation row `i`, for the
     /// groups `g0..g0 + out.len()` and the `m` (1..=16) activation rows lying
     /// back to back in `acts` (quantised to the type's `vec_dot_type()`), whose
@@ -242,7 +248,7 @@ impl PackedMatrix {
             m * nb * scales_per_block(act_type),
             "tile_dots: scales size"
         );
-        if m >= amx_min_rows(self.ty) && self.amx_tile_dots(g0, acts, m, scales, out) {
+        if self.tiles_for(m) && self.amx_tile_dots(g0, acts, m, scales, out) {
             return;
         }
         let rows: Vec<&[u8]> = acts.chunks(act_bytes).collect();
