@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use engine::byte_level::{model_vocabulary, ByteScorer, Prune};
+use engine::byte_level::{model_vocabulary, ByteScorer};
 use eval::ensemble::{score_pair, Method, PassageBits};
 
+use crate::cmd::score::byte_prune;
 use crate::models;
 
 #[derive(clap::Args)]
@@ -132,9 +133,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.threads == Some(0) {
         bail!("--threads must be at least 1");
     }
-    if !(a.byte_prune >= 0.0 && a.byte_prune < 1.0) {
-        bail!("--byte-prune must be in [0, 1), got {}", a.byte_prune);
-    }
+    let prune = byte_prune(a.byte_prune, a.byte_beam)?;
     // Read every file first: a bad line fails before minutes of model loading.
     let files = a
         .text
@@ -145,14 +144,6 @@ pub fn run(a: Args) -> Result<()> {
     let (path2, loaded2) = models::load(&a.model2, a.threads)?;
     let vocab1 = model_vocabulary(&loaded1).context("building model 1's byte vocabulary")?;
     let vocab2 = model_vocabulary(&loaded2).context("building model 2's byte vocabulary")?;
-    let prune = Prune {
-        min_relative: a.byte_prune,
-        max_new_boundaries: if a.byte_beam == 0 {
-            usize::MAX
-        } else {
-            a.byte_beam
-        },
-    };
     let methods = Method::standard();
     let bayes = methods
         .iter()

@@ -262,12 +262,22 @@ fn summary_text(r: &ScoreReport) -> String {
     )
 }
 
+/// The byte-level pruning of `--byte-prune` (in [0, 1)) and `--byte-beam` (0: no
+/// limit), shared by `score --bytes` and `eval ensemble`.
+pub(crate) fn byte_prune(min_relative: f64, beam: usize) -> Result<Prune> {
+    if !(0.0..1.0).contains(&min_relative) {
+        bail!("--byte-prune must be in [0, 1), got {min_relative}");
+    }
+    Ok(Prune {
+        min_relative,
+        max_new_boundaries: if beam == 0 { usize::MAX } else { beam },
+    })
+}
+
 /// `score --bytes`: the byte-level chain, then the token-level score of the same text
 /// (when it is UTF-8) for comparison.
 fn run_bytes(a: Args) -> Result<()> {
-    if !(a.byte_prune >= 0.0 && a.byte_prune < 1.0) {
-        bail!("--byte-prune must be in [0, 1), got {}", a.byte_prune);
-    }
+    let prune = byte_prune(a.byte_prune, a.byte_beam)?;
     let data = read_bytes(&a.file)?;
     if data.is_empty() {
         bail!("{} is empty: there are no bytes to score", a.file.display());
@@ -282,14 +292,6 @@ fn run_bytes(a: Args) -> Result<()> {
     }
     let (path, loaded) = models::load(&a.model, a.threads)?;
     let vocab = model_vocabulary(&loaded).context("building the byte vocabulary")?;
-    let prune = Prune {
-        min_relative: a.byte_prune,
-        max_new_boundaries: if a.byte_beam == 0 {
-            usize::MAX
-        } else {
-            a.byte_beam
-        },
-    };
 
     let bar = ProgressBar::with_draw_target(Some(data.len() as u64), ProgressDrawTarget::stderr());
     if !io::stderr().is_terminal() {
