@@ -11,7 +11,9 @@ fn main() {
         .get(4)
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or(vec![1, 2, 4, 8]);
-    let loaded = model::load_gguf(std::path::Path::new(&a[1]), threads).unwrap();
+    let mut loaded = model::load_gguf(std::path::Path::new(&a[1]), threads).unwrap();
+    // ATTENTION_ITEMS=1: attention one (token, head) at a time, for comparison.
+    loaded.model.attention_blocks = std::env::var_os("ATTENTION_ITEMS").is_none();
     let m = &loaded.model;
     let steps: usize = std::env::var("STEPS")
         .ok()

@@ -160,10 +160,41 @@ struct AttentionRows<'a, 'b> {
     n_slots: usize,
 }
 
+/// Queries of one sequence that share a KV head: heads `heads` (one KV head's group,
+/// or a single head) of batch tokens `tokens` of job `job`.
+struct QueryBlock {
+    job: usize,
+    tokens: std::ops::Range<usize>,
+    heads: std::ops::Range<usize>,
+}
+
+impl QueryBlock {
+    /// (token, head) of each query, token-major.
+    fn queries(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.tokens
+            .clone()
+            .flat_map(|i| self.heads.clone().map(move |h| (i, h)))
+    }
+}
+
+/// Tokens per attention query block: with a GQA group of heads, 16 tokens give dozens
+/// of queries per read of a key tile, and a 64-token prefill chunk still gives each
+/// thread several blocks.
+const ATTENTION_BLOCK_TOKENS: usize = 16;
+/// Keys (and values) per tile: 64 rows of a 64-wide head are 16 KiB, well inside L1.
+const ATTENTION_KEY_TILE: usize = 64;
+/// From this many cache slots, a block takes a whole GQA group even when that leaves
+/// threads idle: below it the keys stay in the CPU caches and balance matters more.
+const SHARED_KV_MIN_SLOTS: usize = 1024;
+
 pub struct Model {
     pub config: ModelConfig,
     pub weights: ModelWeights,
     pub kernels: Kernels,
+    /// Fast kernels only: attention by blocks of queries sharing a KV head (default).
+    /// `false` runs every (token, head) alone, the layout the blocks must reproduce
+    /// bit for bit; for tests and measurements.
+    pub attention_blocks: bool,
     pool: ThreadPool,
 }
 
@@ -207,6 +238,7 @@ impl Model {
             config,
             weights,
             kernels: Kernels::Fast,
+            attention_blocks: true,
             pool: ThreadPool::new(n_threads),
         }
     }
@@ -770,6 +802,24 @@ impl Model {
         keep_weights: bool,
         s: &mut Scratch,
     ) {
+        if self.kernels == Kernels::Fast && self.attention_blocks {
+            self.attention_blocked(&[(cache, *rows)], layer, keep_weights, s);
+        } else {
+            self.attention_by_item(cache, layer, rows, keep_weights, s);
+        }
+    }
+
+    /// [`Model::attention`] one (token, head) item at a time: the reference layout
+    /// that [`Model::attention_blocked`] reproduces bit for bit.
+    // s.q: [n, n_head, hd] -> s.attn: [n, n_head, hd]
+    fn attention_by_item(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        rows: &AttentionRows<'_, '_>,
+        keep_weights: bool,
+        s: &mut Scratch,
+    ) {
         let c = &self.config;
         let n_items = rows.batch.tokens.len() * c.n_head;
         let n_threads = match self.kernels {
@@ -823,6 +873,10 @@ impl Model {
         layer: usize,
         s: &mut Scratch,
     ) {
+        if self.attention_blocks {
+            self.attention_blocked(jobs, layer, false, s);
+            return;
+        }
         let c = &self.config;
         // Items of all jobs, numbered job after job; item0[k]: first item of job k.
         let mut item0 = Vec::with_capacity(jobs.len() + 1);
@@ -859,6 +913,223 @@ impl Model {
         match self.kernels {
             Kernels::Reference => (0..n_tasks).for_each(run),
             Kernels::Fast => self.pool.run(n_tasks, &run),
+        }
+    }
+
+    /// Attention by [`QueryBlock`]s: the queries of one block share a KV head's lane
+    /// and read its keys and values a tile at a time for all of them, instead of
+    /// once per query (the heads of a GQA group; the tokens of a prefill chunk or of
+    /// a verification batch). Every (token, head) gets exactly
+    /// [`Model::attention_item`]'s result: per query the same dot products, softmax
+    /// and value sums in the same order. With `keep_weights` (one job only), the
+    /// softmax weights are left in `s.scores` as `[n, n_head, n_slots]`.
+    // s.q: [n, n_head, hd] -> s.attn: [n, n_head, hd]
+    fn attention_blocked(
+        &self,
+        jobs: &[(&KvCache, AttentionRows<'_, '_>)],
+        layer: usize,
+        keep_weights: bool,
+        s: &mut Scratch,
+    ) {
+        let c = &self.config;
+        debug_assert!(!keep_weights || jobs.len() == 1);
+        let group = c.n_head / c.n_head_kv;
+        let n_threads = self.pool.n_threads();
+        let max_slots = jobs.iter().map(|(_, r)| r.n_slots).max().unwrap_or(0);
+        let token_blocks: usize = jobs
+            .iter()
+            .map(|(_, r)| r.batch.tokens.len().div_ceil(ATTENTION_BLOCK_TOKENS))
+            .sum();
+        // Too few blocks to keep the pool busy, over a short cache that stays in the
+        // CPU caches anyway: one head per block, for balance.
+        let heads_per_block =
+            if token_blocks * c.n_head_kv < 2 * n_threads && max_slots < SHARED_KV_MIN_SLOTS {
+                1
+            } else {
+                group
+            };
+        let mut blocks = Vec::with_capacity(token_blocks * c.n_head / heads_per_block);
+        for (job, (_, r)) in jobs.iter().enumerate() {
+            let n = r.batch.tokens.len();
+            for t0 in (0..n).step_by(ATTENTION_BLOCK_TOKENS) {
+                for h0 in (0..c.n_head).step_by(heads_per_block) {
+                    blocks.push(QueryBlock {
+                        job,
+                        tokens: t0..(t0 + ATTENTION_BLOCK_TOKENS).min(n),
+                        heads: h0..h0 + heads_per_block,
+                    });
+                }
+            }
+        }
+        let max_queries = ATTENTION_BLOCK_TOKENS * heads_per_block;
+        let n_tasks = (n_threads * 4).min(blocks.len()).max(1);
+        // Scores rows: one per (token, head) when kept, else one per query of a task's
+        // current block.
+        let n_rows: usize = jobs
+            .iter()
+            .map(|(_, r)| r.batch.tokens.len())
+            .sum::<usize>()
+            * c.n_head;
+        let (n_score_rows, stride) = if keep_weights {
+            (n_rows, max_slots)
+        } else {
+            (n_tasks * max_queries, max_slots)
+        };
+        s.scores.resize(n_score_rows * stride, 0.0);
+        let scores = SharedOut::new(&mut s.scores);
+        let attn = SharedOut::new(&mut s.attn);
+        let q = &s.q;
+        let blocks = &blocks;
+        let run = |task: usize| {
+            let range = (task * blocks.len() / n_tasks)..((task + 1) * blocks.len() / n_tasks);
+            for b in &blocks[range] {
+                let (cache, rows) = &jobs[b.job];
+                let mut sc = Vec::with_capacity(b.tokens.len() * b.heads.len());
+                let mut out = Vec::with_capacity(b.tokens.len() * b.heads.len());
+                for (k, (i, h)) in b.queries().enumerate() {
+                    let row = if keep_weights {
+                        i * c.n_head + h
+                    } else {
+                        task * max_queries + k
+                    };
+                    let out_row = (rows.row0 + i) * c.n_head + h;
+                    // SAFETY: this scores row and attn segment belong to this query
+                    // alone: kept rows are per (token, head), unkept ones per task.
+                    sc.push(unsafe { scores.slice(row * stride, rows.n_slots) });
+                    out.push(unsafe { attn.slice(out_row * c.head_dim, c.head_dim) });
+                }
+                self.attention_block(cache, layer, rows, q, b, &mut sc, &mut out);
+                if keep_weights {
+                    let lane = cache.lane(layer, b.heads.start / group);
+                    if lane.len() < rows.n_slots {
+                        for row in &mut sc {
+                            scatter_to_slots(row, lane.slots());
+                        }
+                    }
+                }
+            }
+        };
+        self.pool.run(n_tasks, &run);
+    }
+
+    /// The queries of one [`QueryBlock`], token-major: `sc[k]` (`[n_slots]`) gets
+    /// query k's softmax weights by lane entry, `out[k]` (`[head_dim]`) its weighted
+    /// sum of the values; each as [`Model::attention_item`] computes it.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_block(
+        &self,
+        cache: &KvCache,
+        layer: usize,
+        rows: &AttentionRows<'_, '_>,
+        q: &[f32],
+        block: &QueryBlock,
+        sc: &mut [&mut [f32]],
+        out: &mut [&mut [f32]],
+    ) {
+        let c = &self.config;
+        let AttentionRows {
+            batch,
+            row0,
+            first_slot,
+            n_slots,
+        } = *rows;
+        let hd = c.head_dim;
+        let group = c.n_head / c.n_head_kv;
+        let positions = cache.positions();
+        let window = if c.is_local_layer(layer) {
+            c.sliding_window
+        } else {
+            None
+        };
+        // Whether query `i` may attend logical slot `j` (as in `attention_item`).
+        let visible = |i: usize, j: usize| -> bool {
+            let causal = match batch.mask {
+                Some(mask) => mask[i * n_slots + j],
+                None => j <= first_slot + i,
+            };
+            causal
+                && match window {
+                    Some(w) => batch.positions[i].saturating_sub(positions[j]) < w,
+                    None => true,
+                }
+        };
+        let lane = cache.lane(layer, block.heads.start / group);
+        let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
+        let m = slots.len();
+        let nq = lane.n_quantized();
+        let queries: Vec<(usize, usize)> = block.queries().collect();
+        // qh: [queries, hd], each query rounded to f16 as llama.cpp does.
+        let mut qh = vec![0f32; queries.len() * hd];
+        // Runs of visible full-precision entries (query, start, end), entry indices
+        // counted from `nq`; entries from last_visible[k] on are query k's future.
+        let mut runs = Vec::with_capacity(queries.len());
+        let mut last_visible = vec![0usize; queries.len()];
+        for (k, &(i, h)) in queries.iter().enumerate() {
+            let qrow = (row0 + i) * c.n_head + h;
+            for (d, &v) in qh[k * hd..(k + 1) * hd]
+                .iter_mut()
+                .zip(&q[qrow * hd..(qrow + 1) * hd])
+            {
+                *d = half::f16::from_f32(v).to_f32();
+            }
+            let mut e = 0;
+            while e < m - nq {
+                if !visible(i, slots[nq + e] as usize) {
+                    sc[k][nq + e] = f32::NEG_INFINITY;
+                    e += 1;
+                    continue;
+                }
+                let mut end = e + 1;
+                while end < m - nq && visible(i, slots[nq + end] as usize) {
+                    end += 1;
+                }
+                runs.push((k, e, end));
+                e = end;
+                last_visible[k] = end;
+            }
+        }
+        let end_all = last_visible.iter().copied().max().unwrap_or(0);
+        // Scores, a tile of keys at a time for every query: the tile stays in L1.
+        for t0 in (0..end_all).step_by(ATTENTION_KEY_TILE) {
+            let t1 = (t0 + ATTENTION_KEY_TILE).min(end_all);
+            for &(k, a, b) in &runs {
+                let (a, b) = (a.max(t0), b.min(t1));
+                if a < b {
+                    let qk = &qh[k * hd..(k + 1) * hd];
+                    ops::dot_f32_rows(qk, &keys[a * hd..b * hd], &mut sc[k][nq + a..nq + b]);
+                }
+            }
+        }
+        for &(k, a, b) in &runs {
+            for s in &mut sc[k][nq + a..nq + b] {
+                *s *= c.attn_scale;
+            }
+        }
+        for (k, &(i, _)) in queries.iter().enumerate() {
+            let sc = &mut *sc[k];
+            if nq > 0 {
+                let qk = &qh[k * hd..(k + 1) * hd];
+                quantized_scores(lane, qk, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
+            }
+            let live = nq + last_visible[k];
+            ops::softmax_in_place(&mut sc[..live]);
+            sc[live..m].fill(0.0);
+            out[k].fill(0.0);
+        }
+        // Weighted values, a tile at a time for every query, in entry order per query.
+        for t0 in (0..end_all).step_by(ATTENTION_KEY_TILE) {
+            for k in 0..queries.len() {
+                let t1 = (t0 + ATTENTION_KEY_TILE).min(last_visible[k]);
+                if t0 < t1 {
+                    let w = &sc[k][nq + t0..nq + t1];
+                    ops::axpy_rows(w, &values[t0 * hd..t1 * hd], out[k]);
+                }
+            }
+        }
+        if nq > 0 {
+            for k in 0..queries.len() {
+                quantized_values(lane, &sc[k][..nq], cache.quant().value_group, out[k]);
+            }
         }
     }
 
