@@ -158,6 +158,12 @@ pub fn axpy_rows(w: &[f32], rows: &[f32], y: &mut [f32]) {
     quant::axpy_f32_rows(w, rows, y)
 }
 
+/// The weighted sum of quantised value rows (see `quant::affine_rows`).
+#[inline]
+pub fn affine_rows(weights: &[f32], params: &[f32], group: usize, rows: &[f32], y: &mut [f32]) {
+    quant::affine_rows(weights, params, group, rows, y)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1072,6 +1072,16 @@ impl Model {
             {
                 *d = half::f16::from_f32(v).to_f32();
             }
+            if batch.mask.is_none() && window.is_none() {
+                // Plain causal: slots increase along the lane, so the visible
+                // entries are one run from the start; the rest is the future.
+                let end = slots[nq..].partition_point(|&j| j as usize <= first_slot + i);
+                if end > 0 {
+                    runs.push((k, 0, end));
+                }
+                last_visible[k] = end;
+                continue;
+            }
             let mut e = 0;
             while e < m - nq {
                 if !visible(i, slots[nq + e] as usize) {
@@ -1105,12 +1115,12 @@ impl Model {
                 *s *= c.attn_scale;
             }
         }
-        for (k, &(i, _)) in queries.iter().enumerate() {
+        if nq > 0 {
+            let vis = |k: usize, s: usize| visible(queries[k].0, s);
+            quantized_scores(lane, &qh, c.attn_scale, vis, sc);
+        }
+        for k in 0..queries.len() {
             let sc = &mut *sc[k];
-            if nq > 0 {
-                let qk = &qh[k * hd..(k + 1) * hd];
-                quantized_scores(lane, qk, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
-            }
             let live = nq + last_visible[k];
             ops::softmax_in_place(&mut sc[..live]);
             sc[live..m].fill(0.0);
@@ -1127,9 +1137,7 @@ impl Model {
             }
         }
         if nq > 0 {
-            for k in 0..queries.len() {
-                quantized_values(lane, &sc[k][..nq], cache.quant().value_group, out[k]);
-            }
+            quantized_values(lane, sc, cache.quant().value_group, out);
         }
     }
 
@@ -1214,7 +1222,13 @@ impl Model {
             last_visible = end;
         }
         if nq > 0 {
-            quantized_scores(lane, qh, c.attn_scale, |s| visible(i, s), &mut sc[..nq]);
+            quantized_scores(
+                lane,
+                qh,
+                c.attn_scale,
+                |_, s| visible(i, s),
+                &mut [&mut *sc],
+            );
         }
         let live = nq + last_visible;
         ops::softmax_in_place(&mut sc[..live]);
@@ -1222,75 +1236,111 @@ impl Model {
         out.fill(0.0);
         ops::axpy_rows(&sc[nq..live], &values[..last_visible * hd], out);
         if nq > 0 {
-            quantized_values(lane, &sc[..nq], cache.quant().value_group, out);
+            quantized_values(lane, &[&mut *sc], cache.quant().value_group, &mut [out]);
         }
     }
 }
 
-/// Attention scores of a lane's quantised entries, computed on the codes without
-/// dequantising the keys: with per-channel `min_d`, `scale_d`,
-/// `q · k_t = Σ_d q_d min_d + Σ_d (q_d scale_d) code_td`, so each group costs one
-/// `[head_dim]` prelude and then one unpack-and-dot per token.
-// qh: [hd] -> sc: [n_quantized], entry-indexed
+/// Rows of quantised codes unpacked at a time: 8192 floats (32 KiB) of f32 codes.
+const QUANT_CHUNK_FLOATS: usize = 8192;
+
+/// Attention scores of a lane's quantised entries for one or more queries (`qh`:
+/// `[queries, hd]`; `sc[k]` entry-indexed, its first `n_quantized` written), computed on
+/// the codes without dequantising the keys: with per-channel `min_d`, `scale_d`,
+/// `q · k_t = Σ_d q_d min_d + Σ_d (q_d scale_d) code_td`. Each group costs one
+/// `[head_dim]` prelude per query; its rows' codes are widened a chunk at a time, once
+/// for all the queries, and dotted with each query's `q · scale` (the same dot product
+/// per row as one row at a time). `visible(k, slot)`: whether query k sees the slot.
 fn quantized_scores(
     lane: &KvLane,
     qh: &[f32],
     attn_scale: f32,
-    visible: impl Fn(usize) -> bool,
-    sc: &mut [f32],
+    visible: impl Fn(usize, usize) -> bool,
+    sc: &mut [&mut [f32]],
 ) {
-    let hd = qh.len();
+    let n_queries = sc.len();
+    let hd = qh.len() / n_queries;
     let slots = lane.slots();
-    let (mut qs, mut codes) = ([0f32; 512], [0f32; 512]);
-    let (qs, codes) = (&mut qs[..hd], &mut codes[..hd]);
+    let chunk_rows = (QUANT_CHUNK_FLOATS / hd).max(1);
+    let mut qs = vec![0f32; n_queries * hd];
+    let mut c0 = vec![0f32; n_queries];
+    let (mut kmin, mut kscale) = (vec![0f32; hd], vec![0f32; hd]);
+    let mut codes = vec![0f32; chunk_rows * hd];
+    let mut dots = vec![0f32; chunk_rows];
     for g in lane.groups() {
-        let (kmin, kscale) = g.key_params();
-        let mut c0 = 0f32;
-        for (((s, &q), mn), sc) in qs.iter_mut().zip(qh).zip(kmin).zip(kscale) {
-            *s = q * sc.to_f32();
-            c0 += q * mn.to_f32();
+        let (mn16, sc16) = g.key_params();
+        for ((m, s), (&m16, &s16)) in kmin.iter_mut().zip(&mut kscale).zip(mn16.iter().zip(sc16)) {
+            (*m, *s) = (m16.to_f32(), s16.to_f32());
+        }
+        for k in 0..n_queries {
+            let (q, qs) = (&qh[k * hd..(k + 1) * hd], &mut qs[k * hd..(k + 1) * hd]);
+            c0[k] = 0.0;
+            for (((s, &q), &mn), &sc) in qs.iter_mut().zip(q).zip(&kmin).zip(&kscale) {
+                *s = q * sc;
+                c0[k] += q * mn;
+            }
         }
         let rb = kv_quant::row_bytes(hd, g.bits());
-        for (r, &e) in g.rows().iter().enumerate() {
-            let e = e as usize;
-            sc[e] = if visible(slots[e] as usize) {
-                let row = &g.key_codes_all()[r * rb..(r + 1) * rb];
-                kv_quant::unpack_f32(row, g.bits(), codes);
-                (c0 + ops::dot_f32(qs, codes)) * attn_scale
-            } else {
-                f32::NEG_INFINITY
-            };
+        let all = g.key_codes_all();
+        for (c, entries) in g.rows().chunks(chunk_rows).enumerate() {
+            let (r0, n) = (c * chunk_rows, entries.len());
+            let codes = &mut codes[..n * hd];
+            kv_quant::unpack_rows_f32(&all[r0 * rb..(r0 + n) * rb], g.bits(), hd, codes);
+            for k in 0..n_queries {
+                ops::dot_f32_rows(&qs[k * hd..(k + 1) * hd], codes, &mut dots[..n]);
+                for (&e, &d) in entries.iter().zip(&dots) {
+                    let e = e as usize;
+                    sc[k][e] = if visible(k, slots[e] as usize) {
+                        (c0[k] + d) * attn_scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
         }
     }
 }
 
-/// `out += Σ_e p_e v_e` over a lane's quantised entries: each value row is unpacked
-/// into a stack buffer and scaled per channel group (`v = min_j + scale_j · code`).
-// p: [n_quantized], entry-indexed -> out: [hd]
-fn quantized_values(lane: &KvLane, p: &[f32], value_group: usize, out: &mut [f32]) {
-    let hd = out.len();
-    let mut codes = [0f32; 512];
-    let codes = &mut codes[..hd];
+/// `out[k] += Σ_e p[k]_e v_e` over a lane's quantised entries for one or more queries
+/// (`p[k]` entry-indexed): value rows are widened a chunk at a time, once for all the
+/// queries, and accumulated with their per-channel-group `v = min_j + scale_j · code`
+/// folded into the weight (`ops::affine_rows`).
+fn quantized_values(
+    lane: &KvLane,
+    p: &[&mut [f32]],
+    value_group: usize,
+    out: &mut [&mut [f32]],
+) {
+    let hd = out[0].len();
+    let chunk_rows = (QUANT_CHUNK_FLOATS / hd).max(1);
+    let pb = 2 * hd / value_group;
+    let mut codes = vec![0f32; chunk_rows * hd];
+    let mut params = vec![0f32; chunk_rows * pb];
+    let mut weights = vec![0f32; chunk_rows];
     for g in lane.groups() {
         let rb = kv_quant::row_bytes(hd, g.bits());
-        let (params, all) = g.values_all();
-        let pb = 2 * hd / value_group;
-        for (r, &e) in g.rows().iter().enumerate() {
-            let w = p[e as usize];
-            if w == 0.0 {
-                continue;
-            }
-            kv_quant::unpack_f32(&all[r * rb..(r + 1) * rb], g.bits(), codes);
-            let prm = &params[r * pb..(r + 1) * pb];
-            for ((o, c), mn_sc) in out
-                .chunks_exact_mut(value_group)
-                .zip(codes.chunks_exact(value_group))
-                .zip(prm.chunks_exact(2))
-            {
-                let (a, b) = (w * mn_sc[1].to_f32(), w * mn_sc[0].to_f32());
-                for (o, &c) in o.iter_mut().zip(c) {
-                    *o += a * c + b;
+        let (all_params, all) = g.values_all();
+        for (c, entries) in g.rows().chunks(chunk_rows).enumerate() {
+            let (r0, n) = (c * chunk_rows, entries.len());
+            let mut unpacked = false;
+            for (pk, out) in p.iter().zip(out.iter_mut()) {
+                for (w, &e) in weights.iter_mut().zip(entries) {
+                    *w = pk[e as usize];
                 }
+                if weights[..n].iter().all(|&w| w == 0.0) {
+                    continue;
+                }
+                if !unpacked {
+                    let codes = &mut codes[..n * hd];
+                    kv_quant::unpack_rows_f32(&all[r0 * rb..(r0 + n) * rb], g.bits(), hd, codes);
+                    let src = &all_params[r0 * pb..(r0 + n) * pb];
+                    for (d, s) in params[..n * pb].iter_mut().zip(src) {
+                        *d = s.to_f32();
+                    }
+                    unpacked = true;
+                }
+                let rows = &codes[..n * hd];
+                ops::affine_rows(&weights[..n], &params[..n * pb], value_group, rows, out);
             }
         }
     }

@@ -152,6 +152,100 @@ fn exp_scalar(x: f32) -> f32 {
         * f32::from_bits(((n as i32 - half + 127) as u32) << 23)
 }
 
+/// `out[i] = codes[i] as f32` (8-bit KV cache codes widened for a dot product).
+pub fn widen_u8(codes: &[u8], out: &mut [f32]) {
+    let n = codes.len().min(out.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::packed_kernels_available() {
+            // SAFETY: the CPU has AVX-512F; the kernel stays within the first `n`.
+            i = unsafe { x86::widen_u8_avx512(n, codes.as_ptr(), out.as_mut_ptr()) };
+        }
+    }
+    for (o, &c) in out[i..n].iter_mut().zip(&codes[i..n]) {
+        *o = c as f32;
+    }
+}
+
+/// `lo[i] = (codes[i] & 15) as f32` and `hi[i] = (codes[i] >> 4) as f32` (4-bit KV
+/// cache codes, two per byte).
+pub fn widen_nibbles(codes: &[u8], lo: &mut [f32], hi: &mut [f32]) {
+    let n = codes.len().min(lo.len()).min(hi.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::packed_kernels_available() {
+            // SAFETY: the CPU has AVX-512F; the kernel stays within the first `n`.
+            i = unsafe {
+                x86::widen_nibbles_avx512(n, codes.as_ptr(), lo.as_mut_ptr(), hi.as_mut_ptr())
+            };
+        }
+    }
+    for ((l, h), &c) in lo[i..n].iter_mut().zip(&mut hi[i..n]).zip(&codes[i..n]) {
+        *l = (c & 15) as f32;
+        *h = (c >> 4) as f32;
+    }
+}
+
+/// `y[i] += a * x[i] + b`, rounded step by step as written (a multiply, then two
+/// adds; no fused multiply-add), the same in every lane and in the scalar tail:
+/// dequantise-and-accumulate of a quantised value row.
+pub fn add_scaled_offset(a: f32, b: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::packed_kernels_available() {
+            // SAFETY: the CPU has AVX-512F; the kernel stays within the first `n`.
+            i = unsafe { x86::add_scaled_offset_avx512(n, a, b, x.as_ptr(), y.as_mut_ptr()) };
+        }
+    }
+    for (yv, &xv) in y[i..n].iter_mut().zip(&x[i..n]) {
+        *yv += a * xv + b;
+    }
+}
+
+/// For every row `r` in order with `weights[r] != 0`, and every channel group `j` of
+/// `group` channels: `y[j] += a * rows[r][j] + b` with `a = weights[r] * params[r][j].1`
+/// and `b = weights[r] * params[r][j].0` (params: `[rows, y.len() / group, 2]`, (min,
+/// scale)); per element the steps of [`add_scaled_offset`], in row order: the weighted
+/// sum of quantised value rows, dequantised on the fly.
+pub fn affine_rows(weights: &[f32], params: &[f32], group: usize, rows: &[f32], y: &mut [f32]) {
+    let n = y.len();
+    let n_groups = n / group.max(1);
+    assert!(
+        group > 0 && n_groups * group == n,
+        "affine_rows: group must divide the row"
+    );
+    assert!(
+        rows.len() >= weights.len() * n && params.len() >= weights.len() * n_groups * 2,
+        "affine_rows: rows/params length"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::packed_kernels_available() && group.is_multiple_of(16) && n <= 256 {
+            // SAFETY: the CPU has AVX-512F; lengths checked above.
+            unsafe { x86::affine_rows_avx512(n, group, weights, params, rows.as_ptr(), y) };
+            return;
+        }
+    }
+    for (r, &w) in weights.iter().enumerate() {
+        if w == 0.0 {
+            continue;
+        }
+        let row = &rows[r * n..(r + 1) * n];
+        let prm = &params[r * n_groups * 2..(r + 1) * n_groups * 2];
+        for ((yc, xc), p) in y
+            .chunks_exact_mut(group)
+            .zip(row.chunks_exact(group))
+            .zip(prm.chunks_exact(2))
+        {
+            add_scaled_offset(w * p[1], w * p[0], xc, yc);
+        }
+    }
+}
+
 /// `y[i] += alpha * x[i]` over the shorter length.
 #[inline]
 pub fn axpy_f32(alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -406,6 +500,98 @@ mod x86 {
         i
     }
 
+    /// [`super::widen_u8`] 16 codes at a time; returns how many were done.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn widen_u8_avx512(n: usize, codes: *const u8, out: *mut f32) -> usize {
+        let mut i = 0;
+        while i + 16 <= n {
+            let c = _mm_loadu_si128(codes.add(i) as *const __m128i);
+            _mm512_storeu_ps(out.add(i), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c)));
+            i += 16;
+        }
+        i
+    }
+
+    /// [`super::widen_nibbles`] 16 bytes at a time; returns how many were done.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn widen_nibbles_avx512(
+        n: usize,
+        codes: *const u8,
+        lo: *mut f32,
+        hi: *mut f32,
+    ) -> usize {
+        let mask = _mm512_set1_epi32(15);
+        let mut i = 0;
+        while i + 16 <= n {
+            let c = _mm512_cvtepu8_epi32(_mm_loadu_si128(codes.add(i) as *const __m128i));
+            let l = _mm512_and_si512(c, mask);
+            let h = _mm512_srli_epi32::<4>(c);
+            _mm512_storeu_ps(lo.add(i), _mm512_cvtepi32_ps(l));
+            _mm512_storeu_ps(hi.add(i), _mm512_cvtepi32_ps(h));
+            i += 16;
+        }
+        i
+    }
+
+    /// [`super::add_scaled_offset`] 16 lanes at a time (multiply, add, add: the
+    /// scalar steps); returns how many were done.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn add_scaled_offset_avx512(
+        n: usize,
+        a: f32,
+        b: f32,
+        x: *const f32,
+        y: *mut f32,
+    ) -> usize {
+        let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+        let mut i = 0;
+        while i + 16 <= n {
+            let t = _mm512_add_ps(_mm512_mul_ps(va, _mm512_loadu_ps(x.add(i))), vb);
+            _mm512_storeu_ps(y.add(i), _mm512_add_ps(_mm512_loadu_ps(y.add(i)), t));
+            i += 16;
+        }
+        i
+    }
+
+    /// [`super::affine_rows`] with `y` (at most 256 floats) held in registers across
+    /// the rows; per element the same multiply and adds in the same order.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn affine_rows_avx512(
+        n: usize,
+        group: usize,
+        weights: &[f32],
+        params: &[f32],
+        rows: *const f32,
+        y: &mut [f32],
+    ) {
+        let n_groups = n / group;
+        let lanes = n / 16;
+        let per_group = group / 16;
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for (k, a) in acc.iter_mut().enumerate().take(lanes) {
+            *a = _mm512_loadu_ps(y.as_ptr().add(16 * k));
+        }
+        for (r, &w) in weights.iter().enumerate() {
+            if w == 0.0 {
+                continue;
+            }
+            let x = rows.add(r * n);
+            let prm = &params[r * n_groups * 2..(r + 1) * n_groups * 2];
+            for (k, a) in acc.iter_mut().enumerate().take(lanes) {
+                let j = k / per_group;
+                let (va, vb) = (
+                    _mm512_set1_ps(w * prm[2 * j + 1]),
+                    _mm512_set1_ps(w * prm[2 * j]),
+                );
+                let t = _mm512_add_ps(_mm512_mul_ps(va, _mm512_loadu_ps(x.add(16 * k))), vb);
+                *a = _mm512_add_ps(*a, t);
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(lanes) {
+            _mm512_storeu_ps(y.as_mut_ptr().add(16 * k), *a);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn axpy(n: usize, alpha: f32, x: *const f32, y: *mut f32) {
         let va = _mm256_set1_ps(alpha);
@@ -524,6 +710,76 @@ mod tests {
             axpy_f32_rows(&weights, &rows, &mut got);
             for i in 0..n {
                 assert_eq!(got[i].to_bits(), want[i].to_bits(), "axpy n={n} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn code_widening_and_affine_accumulation_equal_the_scalar_steps() {
+        // Lengths around the 16-lane blocks, so both the SIMD body and the tail run.
+        for n in [0, 1, 15, 16, 17, 32, 40, 64] {
+            let codes: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            let mut wide = vec![0f32; n];
+            widen_u8(&codes, &mut wide);
+            for i in 0..n {
+                assert_eq!(wide[i], codes[i] as f32, "widen_u8 n={n} i={i}");
+            }
+            let (mut lo, mut hi) = (vec![0f32; n], vec![0f32; n]);
+            widen_nibbles(&codes, &mut lo, &mut hi);
+            for i in 0..n {
+                assert_eq!(lo[i], (codes[i] & 15) as f32, "nibble lo n={n} i={i}");
+                assert_eq!(hi[i], (codes[i] >> 4) as f32, "nibble hi n={n} i={i}");
+            }
+            let (a, b) = (0.013_7_f32, -0.21_f32);
+            let y0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut got = y0.clone();
+            add_scaled_offset(a, b, &wide, &mut got);
+            for i in 0..n {
+                let want = y0[i] + (a * wide[i] + b);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "affine n={n} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn affine_rows_equals_row_by_row_accumulation_bitwise() {
+        for (n, group) in [(64, 32), (64, 16), (256, 32), (48, 16), (24, 8)] {
+            let n_rows = 21;
+            let rows: Vec<f32> = (0..n_rows * n)
+                .map(|i| ((i * 29 + 3) % 256) as f32)
+                .collect();
+            let params: Vec<f32> = (0..n_rows * (n / group) * 2)
+                .map(|i| ((i as f32) * 0.71).cos() * 0.05)
+                .collect();
+            let weights: Vec<f32> = (0..n_rows)
+                .map(|r| {
+                    if r % 5 == 2 {
+                        0.0
+                    } else {
+                        1.0 / (r as f32 + 2.0)
+                    }
+                })
+                .collect();
+            let y0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.13).sin()).collect();
+            let mut want = y0.clone();
+            for (r, &w) in weights.iter().enumerate() {
+                if w == 0.0 {
+                    continue;
+                }
+                for i in 0..n {
+                    let (j, g) = (i / group, r * (n / group) * 2);
+                    let (a, b) = (w * params[g + 2 * j + 1], w * params[g + 2 * j]);
+                    want[i] += a * rows[r * n + i] + b;
+                }
+            }
+            let mut got = y0.clone();
+            affine_rows(&weights, &params, group, &rows, &mut got);
+            for i in 0..n {
+                assert_eq!(
+                    got[i].to_bits(),
+                    want[i].to_bits(),
+                    "n={n} group={group} i={i}"
+                );
             }
         }
     }

@@ -25,7 +25,8 @@ mod types;
 mod x86;
 
 pub use f32ops::{
-    axpy_f32, axpy_f32_rows, dot_f32, dot_f32_reference, dot_f32_rows, exp_f32_in_place,
+    add_scaled_offset, affine_rows, axpy_f32, axpy_f32_rows, dot_f32, dot_f32_reference,
+    dot_f32_rows, exp_f32_in_place, widen_nibbles, widen_u8,
 };
 pub use types::{GgmlType, QK, QK_K};
 

@@ -91,20 +91,27 @@ pub fn pack(codes: &[u8], bits: u8, out: &mut [u8]) {
 #[inline]
 pub fn unpack_f32(packed: &[u8], bits: u8, out: &mut [f32]) {
     match bits {
-        8 => {
-            for (o, &c) in out.iter_mut().zip(packed) {
-                *o = c as f32;
-            }
-        }
+        8 => quant::widen_u8(packed, out),
         4 => {
-            let half = packed.len();
-            let (lo, hi) = out.split_at_mut(half);
-            for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(packed) {
-                *l = (b & 15) as f32;
-                *h = (b >> 4) as f32;
-            }
+            let (lo, hi) = out.split_at_mut(packed.len());
+            quant::widen_nibbles(packed, lo, hi);
         }
         _ => unreachable!("only 8- and 4-bit codes"),
+    }
+}
+
+/// [`unpack_f32`] of consecutive packed rows of `head_dim` codes into `out`
+/// (`[rows, head_dim]`), in as few kernel calls as the layout allows.
+pub fn unpack_rows_f32(packed: &[u8], bits: u8, head_dim: usize, out: &mut [f32]) {
+    match bits {
+        // One code per byte: the rows are one contiguous run of codes.
+        8 => quant::widen_u8(packed, out),
+        _ => {
+            let rb = row_bytes(head_dim, bits);
+            for (row, o) in packed.chunks_exact(rb).zip(out.chunks_exact_mut(head_dim)) {
+                unpack_f32(row, bits, o);
+            }
+        }
     }
 }
 
