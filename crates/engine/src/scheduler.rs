@@ -34,12 +34,13 @@
 //! Forward rows do not depend on how a prompt was chunked, so reuse changes no output.
 
 use std::ops::ControlFlow;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use model::{
     AttentionObserver, Batch, ForwardScratch, LoadedModel, LogitsFor, SequenceBatch, SequenceState,
 };
-use sample::{token_report, Sampler};
+use sample::{token_report, token_report_with, Sampler};
 use spec::{
     AdaptiveBudget, AdaptiveConfig, Drafter, LookupConfig, LookupDrafter, NgramAdaptiveConfig,
     NgramAdaptiveDrafter, RecycleConfig, RecycleDrafter, TokenTree,
@@ -582,19 +583,42 @@ impl<'m> Scheduler<'m> {
         // Sample for every sequence whose prompt is complete; note who ended.
         let vocab = model.config.vocab_size;
         let tok = &self.model.tokenizer;
-        let mut ended: Vec<usize> = Vec::new();
-        let mut row0 = 0;
+        // First logits row of each sequence in the batch, and the exp pass of the
+        // token reports of the rows that will emit a token: it does not depend on the
+        // token, so it runs ahead on the pool (the rest of sampling is serial).
+        let mut row_of = Vec::with_capacity(in_batch.len());
+        let mut emitting = Vec::with_capacity(in_batch.len());
+        let mut n_logit_rows = 0;
         for &k in &in_batch {
+            let a = &self.active[k];
+            let verifying = a.spec.as_ref().is_some_and(|s| s.verifying);
+            row_of.push(n_logit_rows);
+            n_logit_rows += if verifying { a.rows.len() } else { 1 };
+            let completes = a.pending.is_some() || a.prefilled + a.rows.len() >= a.prompt.len();
+            emitting.push(!verifying && completes);
+        }
+        let moments: Vec<OnceLock<sample::Moments>> =
+            in_batch.iter().map(|_| OnceLock::new()).collect();
+        if emitting.iter().filter(|&&e| e).count() > 1 {
+            model.run_parallel(in_batch.len(), &|i| {
+                if emitting[i] {
+                    let row = &logits[row_of[i] * vocab..(row_of[i] + 1) * vocab];
+                    let _ = moments[i].set(sample::moments(row));
+                }
+            });
+        }
+        let mut ended: Vec<usize> = Vec::new();
+        for (i, &k) in in_batch.iter().enumerate() {
             let a = &mut self.active[k];
             let verifying = a.spec.as_ref().is_some_and(|s| s.verifying);
             let n_rows = if verifying { a.rows.len() } else { 1 };
-            let rows = &logits[row0 * vocab..(row0 + n_rows) * vocab];
-            row0 += n_rows;
+            let rows = &logits[row_of[i] * vocab..(row_of[i] + n_rows) * vocab];
             let outcome = if verifying {
                 verify_tree(a, rows, vocab, &mut self.work, tok, n_ctx, &mut stats)
             } else {
                 let decoding = a.pending.is_some();
-                let r = sample_next(a, rows, &mut self.work, tok, n_ctx, &mut stats);
+                let pre = moments[i].get();
+                let r = sample_next(a, rows, pre, &mut self.work, tok, n_ctx, &mut stats);
                 if let (true, Ok(true), Some(spec)) = (decoding, &r, &mut a.spec) {
                     // A plain step of a speculative sequence: the drafter still learns
                     // from the row (Token Recycling), and the budget counts it (a
@@ -638,6 +662,7 @@ struct BatchPart<'a> {
 fn sample_next(
     a: &mut Active<'_>,
     logits: &[f32],
+    moments: Option<&sample::Moments>,
     work: &mut Vec<f32>,
     tok: &model::Tokenizer,
     n_ctx: usize,
@@ -656,7 +681,7 @@ fn sample_next(
         }
         a.prefill_secs = a.started.elapsed().as_secs_f64();
     }
-    emit_token(a, logits, work, tok, n_ctx, stats)
+    emit_token(a, logits, moments, work, tok, n_ctx, stats)
 }
 
 /// A speculative sequence after its tree was verified: walks the rows from the root
@@ -681,7 +706,7 @@ fn verify_tree(
     let goes_on = loop {
         let node = *path.last().unwrap_or(&0);
         let row = &rows[node * vocab..(node + 1) * vocab];
-        if !emit_token(a, row, work, tok, n_ctx, stats)? {
+        if !emit_token(a, row, None, work, tok, n_ctx, stats)? {
             break false;
         }
         match a.pending.and_then(|t| spec.tree.child(node, t)) {
@@ -708,11 +733,13 @@ fn verify_tree(
     Ok(goes_on)
 }
 
-/// Samples the next token from `logits` and reports it; ends the sequence on a stop
-/// condition. Returns whether the sequence goes on (its token is then pending).
+/// Samples the next token from `logits` and reports it (with the row's `moments` when
+/// they were computed ahead); ends the sequence on a stop condition. Returns whether
+/// the sequence goes on (its token is then pending).
 fn emit_token(
     a: &mut Active<'_>,
     logits: &[f32],
+    moments: Option<&sample::Moments>,
     work: &mut Vec<f32>,
     tok: &model::Tokenizer,
     n_ctx: usize,
@@ -734,7 +761,10 @@ fn emit_token(
     } else {
         a.sampler.sample(work, &a.history)?
     };
-    let report = token_report(logits, id, params.top_logprobs);
+    let report = match moments {
+        Some(m) => token_report_with(logits, id, params.top_logprobs, m),
+        None => token_report(logits, id, params.top_logprobs),
+    };
     a.generated.push(id);
     a.history.push(id);
     stats.generated_tokens += 1;

@@ -120,6 +120,8 @@ struct Scratch {
     row0: Vec<usize>,
     /// (first slot, slots after the batch) of each sequence's cache.
     slots: Vec<(usize, usize)>,
+    /// Attention's query blocks of the current layer.
+    blocks: Vec<QueryBlock>,
 }
 
 /// The forward pass's reusable buffers, for [`Model::forward_many`] (a scheduler keeps
@@ -186,6 +188,8 @@ const ATTENTION_KEY_TILE: usize = 64;
 /// From this many cache slots, a block takes a whole GQA group even when that leaves
 /// threads idle: below it the keys stay in the CPU caches and balance matters more.
 const SHARED_KV_MIN_SLOTS: usize = 1024;
+/// Most queries in one attention block (their rows are held in stack arrays).
+const MAX_BLOCK_QUERIES: usize = 128;
 
 pub struct Model {
     pub config: ModelConfig,
@@ -245,6 +249,12 @@ impl Model {
 
     pub fn n_threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    /// Runs `f(task)` for every task in `0..n_tasks` on the forward pass's thread pool
+    /// (per-row work between passes, such as the statistics of a batch's logits rows).
+    pub fn run_parallel(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        self.pool.run(n_tasks, f);
     }
 
     pub fn new_state(&self, capacity: usize) -> SequenceState {
@@ -942,26 +952,29 @@ impl Model {
             .sum();
         // Too few blocks to keep the pool busy, over a short cache that stays in the
         // CPU caches anyway: one head per block, for balance.
-        let heads_per_block =
-            if token_blocks * c.n_head_kv < 2 * n_threads && max_slots < SHARED_KV_MIN_SLOTS {
-                1
-            } else {
-                group
-            };
-        let mut blocks = Vec::with_capacity(token_blocks * c.n_head / heads_per_block);
+        let few = token_blocks * c.n_head_kv < 2 * n_threads && max_slots < SHARED_KV_MIN_SLOTS;
+        let heads_per_block = if few || group > MAX_BLOCK_QUERIES {
+            1
+        } else {
+            group
+        };
+        let tokens_per_block =
+            (MAX_BLOCK_QUERIES / heads_per_block).clamp(1, ATTENTION_BLOCK_TOKENS);
+        let mut blocks = std::mem::take(&mut s.blocks);
+        blocks.clear();
         for (job, (_, r)) in jobs.iter().enumerate() {
             let n = r.batch.tokens.len();
-            for t0 in (0..n).step_by(ATTENTION_BLOCK_TOKENS) {
+            for t0 in (0..n).step_by(tokens_per_block) {
                 for h0 in (0..c.n_head).step_by(heads_per_block) {
                     blocks.push(QueryBlock {
                         job,
-                        tokens: t0..(t0 + ATTENTION_BLOCK_TOKENS).min(n),
+                        tokens: t0..(t0 + tokens_per_block).min(n),
                         heads: h0..h0 + heads_per_block,
                     });
                 }
             }
         }
-        let max_queries = ATTENTION_BLOCK_TOKENS * heads_per_block;
+        let max_queries = tokens_per_block * heads_per_block;
         let n_tasks = (n_threads * 4).min(blocks.len()).max(1);
         // Scores rows: one per (token, head) when kept, else one per query of a task's
         // current block.
@@ -979,13 +992,19 @@ impl Model {
         let scores = SharedOut::new(&mut s.scores);
         let attn = SharedOut::new(&mut s.attn);
         let q = &s.q;
-        let blocks = &blocks;
+        let blocks_ref = &blocks;
         let run = |task: usize| {
+            let blocks = blocks_ref;
             let range = (task * blocks.len() / n_tasks)..((task + 1) * blocks.len() / n_tasks);
+            // The block's scores rows and output segments (at most MAX_BLOCK_QUERIES).
+            let mut sc_rows: [&mut [f32]; MAX_BLOCK_QUERIES] =
+                std::array::from_fn(|_| <&mut [f32]>::default());
+            let mut out_rows: [&mut [f32]; MAX_BLOCK_QUERIES] =
+                std::array::from_fn(|_| <&mut [f32]>::default());
             for b in &blocks[range] {
                 let (cache, rows) = &jobs[b.job];
-                let mut sc = Vec::with_capacity(b.tokens.len() * b.heads.len());
-                let mut out = Vec::with_capacity(b.tokens.len() * b.heads.len());
+                let nqr = b.tokens.len() * b.heads.len();
+                let (sc, out) = (&mut sc_rows[..nqr], &mut out_rows[..nqr]);
                 for (k, (i, h)) in b.queries().enumerate() {
                     let row = if keep_weights {
                         i * c.n_head + h
@@ -995,14 +1014,17 @@ impl Model {
                     let out_row = (rows.row0 + i) * c.n_head + h;
                     // SAFETY: this scores row and attn segment belong to this query
                     // alone: kept rows are per (token, head), unkept ones per task.
-                    sc.push(unsafe { scores.slice(row * stride, rows.n_slots) });
-                    out.push(unsafe { attn.slice(out_row * c.head_dim, c.head_dim) });
+                    sc[k] = unsafe { scores.slice(row * stride, rows.n_slots) };
+                    out[k] = unsafe { attn.slice(out_row * c.head_dim, c.head_dim) };
                 }
-                self.attention_block(cache, layer, rows, q, b, &mut sc, &mut out);
+                BLOCK_BUFFERS.with(|buf| {
+                    let buf = &mut *buf.borrow_mut();
+                    self.attention_block(cache, layer, rows, q, b, sc, out, buf);
+                });
                 if keep_weights {
                     let lane = cache.lane(layer, b.heads.start / group);
                     if lane.len() < rows.n_slots {
-                        for row in &mut sc {
+                        for row in sc.iter_mut() {
                             scatter_to_slots(row, lane.slots());
                         }
                     }
@@ -1010,6 +1032,7 @@ impl Model {
             }
         };
         self.pool.run(n_tasks, &run);
+        s.blocks = blocks;
     }
 
     /// The queries of one [`QueryBlock`], token-major: `sc[k]` (`[n_slots]`) gets
@@ -1025,6 +1048,7 @@ impl Model {
         block: &QueryBlock,
         sc: &mut [&mut [f32]],
         out: &mut [&mut [f32]],
+        buf: &mut BlockBuffers,
     ) {
         let c = &self.config;
         let AttentionRows {
@@ -1057,14 +1081,22 @@ impl Model {
         let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
         let m = slots.len();
         let nq = lane.n_quantized();
-        let queries: Vec<(usize, usize)> = block.queries().collect();
+        let n_queries = sc.len();
+        let BlockBuffers {
+            qh,
+            runs,
+            last_visible,
+            quant: quant_buf,
+        } = buf;
         // qh: [queries, hd], each query rounded to f16 as llama.cpp does.
-        let mut qh = vec![0f32; queries.len() * hd];
+        qh.clear();
+        qh.resize(n_queries * hd, 0.0);
         // Runs of visible full-precision entries (query, start, end), entry indices
         // counted from `nq`; entries from last_visible[k] on are query k's future.
-        let mut runs = Vec::with_capacity(queries.len());
-        let mut last_visible = vec![0usize; queries.len()];
-        for (k, &(i, h)) in queries.iter().enumerate() {
+        runs.clear();
+        last_visible.clear();
+        last_visible.resize(n_queries, 0);
+        for (k, (i, h)) in block.queries().enumerate() {
             let qrow = (row0 + i) * c.n_head + h;
             for (d, &v) in qh[k * hd..(k + 1) * hd]
                 .iter_mut()
@@ -1102,7 +1134,7 @@ impl Model {
         // Scores, a tile of keys at a time for every query: the tile stays in L1.
         for t0 in (0..end_all).step_by(ATTENTION_KEY_TILE) {
             let t1 = (t0 + ATTENTION_KEY_TILE).min(end_all);
-            for &(k, a, b) in &runs {
+            for &(k, a, b) in runs.iter() {
                 let (a, b) = (a.max(t0), b.min(t1));
                 if a < b {
                     let qk = &qh[k * hd..(k + 1) * hd];
@@ -1110,16 +1142,18 @@ impl Model {
                 }
             }
         }
-        for &(k, a, b) in &runs {
+        for &(k, a, b) in runs.iter() {
             for s in &mut sc[k][nq + a..nq + b] {
                 *s *= c.attn_scale;
             }
         }
         if nq > 0 {
-            let vis = |k: usize, s: usize| visible(queries[k].0, s);
-            quantized_scores(lane, &qh, c.attn_scale, vis, sc);
+            let first_token = block.tokens.start;
+            let per_token = block.heads.len();
+            let vis = |k: usize, s: usize| visible(first_token + k / per_token, s);
+            quantized_scores(lane, qh, c.attn_scale, vis, sc, quant_buf);
         }
-        for k in 0..queries.len() {
+        for k in 0..n_queries {
             let sc = &mut *sc[k];
             let live = nq + last_visible[k];
             ops::softmax_in_place(&mut sc[..live]);
@@ -1128,7 +1162,7 @@ impl Model {
         }
         // Weighted values, a tile at a time for every query, in entry order per query.
         for t0 in (0..end_all).step_by(ATTENTION_KEY_TILE) {
-            for k in 0..queries.len() {
+            for k in 0..n_queries {
                 let t1 = (t0 + ATTENTION_KEY_TILE).min(last_visible[k]);
                 if t0 < t1 {
                     let w = &sc[k][nq + t0..nq + t1];
@@ -1137,7 +1171,7 @@ impl Model {
             }
         }
         if nq > 0 {
-            quantized_values(lane, sc, cache.quant().value_group, out);
+            quantized_values(lane, sc, cache.quant().value_group, out, quant_buf);
         }
     }
 
@@ -1222,13 +1256,9 @@ impl Model {
             last_visible = end;
         }
         if nq > 0 {
-            quantized_scores(
-                lane,
-                qh,
-                c.attn_scale,
-                |_, s| visible(i, s),
-                &mut [&mut *sc],
-            );
+            let mut buf = QuantBuffers::default();
+            let vis = |_, s| visible(i, s);
+            quantized_scores(lane, qh, c.attn_scale, vis, &mut [&mut *sc], &mut buf);
         }
         let live = nq + last_visible;
         ops::softmax_in_place(&mut sc[..live]);
@@ -1236,9 +1266,43 @@ impl Model {
         out.fill(0.0);
         ops::axpy_rows(&sc[nq..live], &values[..last_visible * hd], out);
         if nq > 0 {
-            quantized_values(lane, &[&mut *sc], cache.quant().value_group, &mut [out]);
+            let vg = cache.quant().value_group;
+            quantized_values(
+                lane,
+                &[&mut *sc],
+                vg,
+                &mut [out],
+                &mut QuantBuffers::default(),
+            );
         }
     }
+}
+
+/// Buffers of [`quantized_scores`] and [`quantized_values`], reused across calls.
+#[derive(Default)]
+struct QuantBuffers {
+    qs: Vec<f32>,
+    c0: Vec<f32>,
+    kmin: Vec<f32>,
+    kscale: Vec<f32>,
+    codes: Vec<f32>,
+    dots: Vec<f32>,
+    params: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+/// Buffers of [`Model::attention_block`], one set per thread, reused so that a decode
+/// step allocates nothing once they have grown.
+#[derive(Default)]
+struct BlockBuffers {
+    qh: Vec<f32>,
+    runs: Vec<(usize, usize, usize)>,
+    last_visible: Vec<usize>,
+    quant: QuantBuffers,
+}
+
+thread_local! {
+    static BLOCK_BUFFERS: std::cell::RefCell<BlockBuffers> = std::cell::RefCell::default();
 }
 
 /// Rows of quantised codes unpacked at a time: 8192 floats (32 KiB) of f32 codes.
@@ -1257,25 +1321,45 @@ fn quantized_scores(
     attn_scale: f32,
     visible: impl Fn(usize, usize) -> bool,
     sc: &mut [&mut [f32]],
+    buf: &mut QuantBuffers,
 ) {
     let n_queries = sc.len();
     let hd = qh.len() / n_queries;
     let slots = lane.slots();
     let chunk_rows = (QUANT_CHUNK_FLOATS / hd).max(1);
-    let mut qs = vec![0f32; n_queries * hd];
-    let mut c0 = vec![0f32; n_queries];
-    let (mut kmin, mut kscale) = (vec![0f32; hd], vec![0f32; hd]);
-    let mut codes = vec![0f32; chunk_rows * hd];
-    let mut dots = vec![0f32; chunk_rows];
+    let QuantBuffers {
+        qs,
+        c0,
+        kmin,
+        kscale,
+        codes,
+        dots,
+        ..
+    } = buf;
+    for (v, n) in [
+        (&mut *qs, n_queries * hd),
+        (&mut *c0, n_queries),
+        (&mut *kmin, hd),
+        (&mut *kscale, hd),
+        (&mut *codes, chunk_rows * hd),
+        (&mut *dots, chunk_rows),
+    ] {
+        v.clear();
+        v.resize(n, 0.0);
+    }
     for g in lane.groups() {
         let (mn16, sc16) = g.key_params();
-        for ((m, s), (&m16, &s16)) in kmin.iter_mut().zip(&mut kscale).zip(mn16.iter().zip(sc16)) {
+        for ((m, s), (&m16, &s16)) in kmin
+            .iter_mut()
+            .zip(kscale.iter_mut())
+            .zip(mn16.iter().zip(sc16))
+        {
             (*m, *s) = (m16.to_f32(), s16.to_f32());
         }
         for k in 0..n_queries {
             let (q, qs) = (&qh[k * hd..(k + 1) * hd], &mut qs[k * hd..(k + 1) * hd]);
             c0[k] = 0.0;
-            for (((s, &q), &mn), &sc) in qs.iter_mut().zip(q).zip(&kmin).zip(&kscale) {
+            for (((s, &q), &mn), &sc) in qs.iter_mut().zip(q).zip(kmin.iter()).zip(kscale.iter()) {
                 *s = q * sc;
                 c0[k] += q * mn;
             }
@@ -1288,7 +1372,7 @@ fn quantized_scores(
             kv_quant::unpack_rows_f32(&all[r0 * rb..(r0 + n) * rb], g.bits(), hd, codes);
             for k in 0..n_queries {
                 ops::dot_f32_rows(&qs[k * hd..(k + 1) * hd], codes, &mut dots[..n]);
-                for (&e, &d) in entries.iter().zip(&dots) {
+                for (&e, &d) in entries.iter().zip(dots.iter()) {
                     let e = e as usize;
                     sc[k][e] = if visible(k, slots[e] as usize) {
                         (c0[k] + d) * attn_scale
@@ -1310,13 +1394,25 @@ fn quantized_values(
     p: &[&mut [f32]],
     value_group: usize,
     out: &mut [&mut [f32]],
+    buf: &mut QuantBuffers,
 ) {
     let hd = out[0].len();
     let chunk_rows = (QUANT_CHUNK_FLOATS / hd).max(1);
     let pb = 2 * hd / value_group;
-    let mut codes = vec![0f32; chunk_rows * hd];
-    let mut params = vec![0f32; chunk_rows * pb];
-    let mut weights = vec![0f32; chunk_rows];
+    let QuantBuffers {
+        codes,
+        params,
+        weights,
+        ..
+    } = buf;
+    for (v, n) in [
+        (&mut *codes, chunk_rows * hd),
+        (&mut *params, chunk_rows * pb),
+        (&mut *weights, chunk_rows),
+    ] {
+        v.clear();
+        v.resize(n, 0.0);
+    }
     for g in lane.groups() {
         let rb = kv_quant::row_bytes(hd, g.bits());
         let (all_params, all) = g.values_all();

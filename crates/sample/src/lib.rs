@@ -43,6 +43,6 @@ pub use report::{SampleReport, StageReport};
 pub use rng::{gumbel_noise, Rng};
 pub use sampler::Sampler;
 pub use stats::{
-    argmax, entropy, log_softmax, token_report, token_stats, top_k_logprobs, varentropy,
-    TokenReport, TokenStats,
+    argmax, entropy, log_softmax, moments, token_report, token_report_with, token_stats,
+    top_k_logprobs, varentropy, Moments, TokenReport, TokenStats,
 };

@@ -112,13 +112,17 @@ impl Normalizer {
 /// `H = ln S0 - S1/S0` and `Var = S2/S0 - (S1/S0)^2` (the variance of `d`).
 /// `S0` is summed in the same order as [`Normalizer::of`], so log-probs
 /// agree bit for bit with [`log_softmax`].
-pub(crate) struct Moments {
+#[derive(Clone, Copy, Debug)]
+pub struct Moments {
     pub(crate) norm: Normalizer,
     entropy: f64,
     varentropy: f64,
 }
 
-fn moments(logits: &[f32]) -> Moments {
+/// The row's normaliser and entropy moments: the `exp` pass of [`token_report`],
+/// which does not depend on the token, so a batch can compute its rows' moments
+/// ahead, in parallel, and report with [`token_report_with`].
+pub fn moments(logits: &[f32]) -> Moments {
     moments_impl(logits, None)
 }
 
@@ -288,13 +292,16 @@ pub fn token_report(logits: &[f32], token: u32, top_k: usize) -> TokenReport {
     token_report_with(logits, token, top_k, &moments(logits))
 }
 
-/// [`token_report`] with the row's moments already computed.
-pub(crate) fn token_report_with(
-    logits: &[f32],
-    token: u32,
-    top_k: usize,
-    m: &Moments,
-) -> TokenReport {
+/// [`token_report`] with the row's [`moments`] already computed (the same result).
+///
+/// # Panics
+/// If `token` is not an index of `logits` (as [`token_report`]).
+pub fn token_report_with(logits: &[f32], token: u32, top_k: usize, m: &Moments) -> TokenReport {
+    assert!(
+        (token as usize) < logits.len(),
+        "token_report: token {token} out of range for {} logits",
+        logits.len()
+    );
     let xt = logits[token as usize];
     let h = m.entropy;
     TokenReport {
