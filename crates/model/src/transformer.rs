@@ -251,6 +251,16 @@ impl Model {
         self.pool.n_threads()
     }
 
+    /// The sliding window of `layer` (Gemma 3's local layers), if it has one.
+    fn window_of(&self, layer: usize) -> Option<usize> {
+        let c = &self.config;
+        if c.is_local_layer(layer) {
+            c.sliding_window
+        } else {
+            None
+        }
+    }
+
     /// Runs `f(task)` for every task in `0..n_tasks` on the forward pass's thread pool
     /// (per-row work between passes, such as the statistics of a batch's logits rows).
     pub fn run_parallel(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
@@ -1055,28 +1065,12 @@ impl Model {
             batch,
             row0,
             first_slot,
-            n_slots,
+            ..
         } = *rows;
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv;
-        let positions = cache.positions();
-        let window = if c.is_local_layer(layer) {
-            c.sliding_window
-        } else {
-            None
-        };
-        // Whether query `i` may attend logical slot `j` (as in `attention_item`).
-        let visible = |i: usize, j: usize| -> bool {
-            let causal = match batch.mask {
-                Some(mask) => mask[i * n_slots + j],
-                None => j <= first_slot + i,
-            };
-            causal
-                && match window {
-                    Some(w) => batch.positions[i].saturating_sub(positions[j]) < w,
-                    None => true,
-                }
-        };
+        let window = self.window_of(layer);
+        let visible = |i: usize, j: usize| visible(rows, cache.positions(), window, i, j);
         let lane = cache.lane(layer, block.heads.start / group);
         let (keys, values, slots) = (lane.keys(), lane.values(), lane.slots());
         let m = slots.len();
@@ -1190,33 +1184,11 @@ impl Model {
         out: &mut [f32],
     ) {
         let c = &self.config;
-        let AttentionRows {
-            batch,
-            row0,
-            first_slot,
-            n_slots,
-        } = *rows;
+        let row0 = rows.row0;
         let hd = c.head_dim;
         let group = c.n_head / c.n_head_kv;
-        let positions = cache.positions();
-        let window = if c.is_local_layer(layer) {
-            c.sliding_window
-        } else {
-            None
-        };
-        // Whether query `i` may attend logical slot `j`.
-        let visible = |i: usize, j: usize| -> bool {
-            let causal = match batch.mask {
-                Some(mask) => mask[i * n_slots + j],
-                None => j <= first_slot + i,
-            };
-            causal
-                && match window {
-                    // Sliding window: a key further back than the window is invisible.
-                    Some(w) => batch.positions[i].saturating_sub(positions[j]) < w,
-                    None => true,
-                }
-        };
+        let window = self.window_of(layer);
+        let visible = |i: usize, j: usize| visible(rows, cache.positions(), window, i, j);
         let (i, h) = (item / c.n_head, item % c.n_head);
         // The lane of this head's KV head: its own set of kept slots. Entries
         // [0, nq) are quantised; keys/values hold the full-precision rest.
@@ -1278,6 +1250,34 @@ impl Model {
     }
 }
 
+/// Whether query `i` of the batch may attend logical slot `j`: the batch's mask (or
+/// causality), and a sliding `window` (a key further back than it is invisible).
+fn visible(
+    rows: &AttentionRows<'_, '_>,
+    positions: &[usize],
+    window: Option<usize>,
+    i: usize,
+    j: usize,
+) -> bool {
+    let batch = rows.batch;
+    let causal = match batch.mask {
+        Some(mask) => mask[i * rows.n_slots + j],
+        None => j <= rows.first_slot + i,
+    };
+    causal
+        && match window {
+            Some(w) => batch.positions[i].saturating_sub(positions[j]) < w,
+            None => true,
+        }
+}
+
+/// `v` as `n` zeros, reusing its allocation.
+fn zeroed(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(n, 0.0);
+    v
+}
+
 /// Buffers of [`quantized_scores`] and [`quantized_values`], reused across calls.
 #[derive(Default)]
 struct QuantBuffers {
@@ -1336,17 +1336,9 @@ fn quantized_scores(
         dots,
         ..
     } = buf;
-    for (v, n) in [
-        (&mut *qs, n_queries * hd),
-        (&mut *c0, n_queries),
-        (&mut *kmin, hd),
-        (&mut *kscale, hd),
-        (&mut *codes, chunk_rows * hd),
-        (&mut *dots, chunk_rows),
-    ] {
-        v.clear();
-        v.resize(n, 0.0);
-    }
+    let (qs, c0) = (zeroed(qs, n_queries * hd), zeroed(c0, n_queries));
+    let (kmin, kscale) = (zeroed(kmin, hd), zeroed(kscale, hd));
+    let (codes, dots) = (zeroed(codes, chunk_rows * hd), zeroed(dots, chunk_rows));
     for g in lane.groups() {
         let (mn16, sc16) = g.key_params();
         for ((m, s), (&m16, &s16)) in kmin
@@ -1405,14 +1397,8 @@ fn quantized_values(
         weights,
         ..
     } = buf;
-    for (v, n) in [
-        (&mut *codes, chunk_rows * hd),
-        (&mut *params, chunk_rows * pb),
-        (&mut *weights, chunk_rows),
-    ] {
-        v.clear();
-        v.resize(n, 0.0);
-    }
+    let codes = zeroed(codes, chunk_rows * hd);
+    let (params, weights) = (zeroed(params, chunk_rows * pb), zeroed(weights, chunk_rows));
     for g in lane.groups() {
         let rb = kv_quant::row_bytes(hd, g.bits());
         let (all_params, all) = g.values_all();

@@ -49,34 +49,22 @@ fn step_both(
     observe: bool,
     what: &str,
 ) {
-    let (mut ra, mut rb) = (Recorder::default(), Recorder::default());
-    m.model.attention_blocks = true;
-    let la = bits(
-        m.model
-            .forward(
-                a,
-                batch,
-                observe.then_some(&mut ra as &mut dyn AttentionObserver),
-            )
-            .expect("blocked forward"),
-    );
-    m.model.attention_blocks = false;
-    let lb = bits(
-        m.model
-            .forward(
-                b,
-                batch,
-                observe.then_some(&mut rb as &mut dyn AttentionObserver),
-            )
-            .expect("item forward"),
-    );
+    let mut run = |blocks: bool, st: &mut SequenceState| -> (Vec<u32>, Vec<Vec<u32>>) {
+        let mut rec = Recorder::default();
+        m.model.attention_blocks = blocks;
+        let obs = observe.then_some(&mut rec as &mut dyn AttentionObserver);
+        let logits = bits(m.model.forward(st, batch, obs).expect("forward"));
+        (logits, rec.0)
+    };
+    let (la, wa) = run(true, a);
+    let (lb, wb) = run(false, b);
     m.model.attention_blocks = true;
     let differing = la.iter().zip(&lb).filter(|(x, y)| x != y).count();
     assert_eq!(la.len(), lb.len(), "{what}: logits length");
     assert_eq!(differing, 0, "{what}: {differing} logits differ");
-    assert_eq!(ra.0.len(), rb.0.len());
-    for (layer, (wa, wb)) in ra.0.iter().zip(&rb.0).enumerate() {
-        assert!(wa == wb, "{what}: layer {layer} weights differ");
+    assert_eq!(wa.len(), wb.len());
+    for (layer, (x, y)) in wa.iter().zip(&wb).enumerate() {
+        assert!(x == y, "{what}: layer {layer} weights differ");
     }
 }
 
