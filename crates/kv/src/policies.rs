@@ -108,14 +108,53 @@ fn keep_top(
     keep.extend(older..len);
 }
 
+/// Attention accumulated per lane and slot over every query so far, summed over the
+/// KV head's query heads, optionally multiplied by a forgetting factor before each
+/// query (H2O and A2SF).
+#[derive(Default)]
+struct AccumulatedAttention {
+    group: usize,
+    n_head_kv: usize,
+    acc: SlotScores,
+}
+
+impl AccumulatedAttention {
+    fn reset(&mut self, shape: &KvShape) {
+        self.group = shape.group();
+        self.n_head_kv = shape.n_head_kv;
+        self.acc.reset(shape.n_lanes());
+    }
+    fn observe(&mut self, a: &LayerAttention<'_>, forget: Option<f32>) {
+        for g in 0..self.n_head_kv {
+            let acc = self.acc.lane_mut(a.layer * self.n_head_kv + g, a.n_slots);
+            for t in 0..a.n_tokens {
+                if let Some(f) = forget {
+                    acc.iter_mut().for_each(|s| *s *= f);
+                }
+                for h in g * self.group..(g + 1) * self.group {
+                    for (s, &w) in acc.iter_mut().zip(a.row(t, h)) {
+                        *s += w;
+                    }
+                }
+            }
+        }
+    }
+    /// The lane's score of entry `e`.
+    fn score(&self, lane: &LaneView<'_>, e: usize) -> f32 {
+        self.acc
+            .get(lane.layer * self.n_head_kv + lane.kv_head, lane.slots[e])
+    }
+    fn importance(&self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
+        out.extend((0..lane.len()).map(|e| self.score(lane, e)));
+    }
+}
+
 /// H2O (Heavy-Hitter Oracle): each lane keeps the tokens with the highest attention
 /// accumulated over every query so far (summed over the KV head's query heads), plus
 /// a window of recent tokens (`recent_ratio` of the budget; the paper splits evenly).
 pub struct H2o {
     recent_ratio: f64,
-    group: usize,
-    n_head_kv: usize,
-    acc: SlotScores,
+    scores: AccumulatedAttention,
     order: Vec<usize>,
 }
 
@@ -123,9 +162,7 @@ impl H2o {
     pub fn new(recent_ratio: f64) -> H2o {
         H2o {
             recent_ratio,
-            group: 1,
-            n_head_kv: 1,
-            acc: SlotScores::default(),
+            scores: AccumulatedAttention::default(),
             order: Vec::new(),
         }
     }
@@ -136,41 +173,28 @@ impl KvPolicy for H2o {
         "h2o"
     }
     fn reset(&mut self, shape: &KvShape) {
-        self.group = shape.group();
-        self.n_head_kv = shape.n_head_kv;
-        self.acc.reset(shape.n_lanes());
+        self.scores.reset(shape);
     }
     fn wants_attention(&self) -> bool {
         true
     }
     fn observe(&mut self, a: &LayerAttention<'_>) {
-        for g in 0..self.n_head_kv {
-            let acc = self.acc.lane_mut(a.layer * self.n_head_kv + g, a.n_slots);
-            for t in 0..a.n_tokens {
-                for h in g * self.group..(g + 1) * self.group {
-                    for (s, &w) in acc.iter_mut().zip(a.row(t, h)) {
-                        *s += w;
-                    }
-                }
-            }
-        }
+        self.scores.observe(a, None);
     }
     fn select(&mut self, lane: &LaneView<'_>, budget: usize, keep: &mut Vec<usize>) {
-        let id = lane.layer * self.n_head_kv + lane.kv_head;
         let recent = (budget as f64 * self.recent_ratio).round() as usize;
-        let acc = &self.acc;
-        let score = |e: usize| acc.get(id, lane.slots[e]);
+        let scores = &self.scores;
+        let score = |e: usize| scores.score(lane, e);
         keep_top(lane.len(), budget, recent, score, &mut self.order, keep);
     }
     fn retain_slots(&mut self, keep: &[usize]) {
-        self.acc.retain(keep);
+        self.scores.acc.retain(keep);
     }
     fn has_importance(&self) -> bool {
         true
     }
     fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
-        let id = lane.layer * self.n_head_kv + lane.kv_head;
-        out.extend(lane.slots.iter().map(|&s| self.acc.get(id, s)));
+        self.scores.importance(lane, out);
     }
 }
 
@@ -226,9 +250,7 @@ impl KvPolicy for Tova {
 /// queries to collect attention from) do not win by seniority alone.
 pub struct A2sf {
     forget: f32,
-    group: usize,
-    n_head_kv: usize,
-    acc: SlotScores,
+    scores: AccumulatedAttention,
     order: Vec<usize>,
 }
 
@@ -236,9 +258,7 @@ impl A2sf {
     pub fn new(forget: f32) -> A2sf {
         A2sf {
             forget,
-            group: 1,
-            n_head_kv: 1,
-            acc: SlotScores::default(),
+            scores: AccumulatedAttention::default(),
             order: Vec::new(),
         }
     }
@@ -249,41 +269,27 @@ impl KvPolicy for A2sf {
         "a2sf"
     }
     fn reset(&mut self, shape: &KvShape) {
-        self.group = shape.group();
-        self.n_head_kv = shape.n_head_kv;
-        self.acc.reset(shape.n_lanes());
+        self.scores.reset(shape);
     }
     fn wants_attention(&self) -> bool {
         true
     }
     fn observe(&mut self, a: &LayerAttention<'_>) {
-        for g in 0..self.n_head_kv {
-            let acc = self.acc.lane_mut(a.layer * self.n_head_kv + g, a.n_slots);
-            for t in 0..a.n_tokens {
-                acc.iter_mut().for_each(|s| *s *= self.forget);
-                for h in g * self.group..(g + 1) * self.group {
-                    for (s, &w) in acc.iter_mut().zip(a.row(t, h)) {
-                        *s += w;
-                    }
-                }
-            }
-        }
+        self.scores.observe(a, Some(self.forget));
     }
     fn select(&mut self, lane: &LaneView<'_>, budget: usize, keep: &mut Vec<usize>) {
-        let id = lane.layer * self.n_head_kv + lane.kv_head;
-        let acc = &self.acc;
-        let score = |e: usize| acc.get(id, lane.slots[e]);
+        let scores = &self.scores;
+        let score = |e: usize| scores.score(lane, e);
         keep_top(lane.len(), budget, 0, score, &mut self.order, keep);
     }
     fn retain_slots(&mut self, keep: &[usize]) {
-        self.acc.retain(keep);
+        self.scores.acc.retain(keep);
     }
     fn has_importance(&self) -> bool {
         true
     }
     fn importance(&mut self, lane: &LaneView<'_>, out: &mut Vec<f32>) {
-        let id = lane.layer * self.n_head_kv + lane.kv_head;
-        out.extend(lane.slots.iter().map(|&s| self.acc.get(id, s)));
+        self.scores.importance(lane, out);
     }
 }
 
