@@ -583,19 +583,22 @@ impl<'m> Scheduler<'m> {
         // Sample for every sequence whose prompt is complete; note who ended.
         let vocab = model.config.vocab_size;
         let tok = &self.model.tokenizer;
-        // First logits row of each sequence in the batch, and the exp pass of the
-        // token reports of the rows that will emit a token: it does not depend on the
-        // token, so it runs ahead on the pool (the rest of sampling is serial).
-        let mut row_of = Vec::with_capacity(in_batch.len());
+        // Logits rows of each sequence in the batch (`row_of[i]..row_of[i + 1]`), and
+        // the exp pass of the token reports of the rows that will emit a token: it does
+        // not depend on the token, so it runs ahead on the pool (the rest of sampling
+        // is serial).
+        let mut row_of = Vec::with_capacity(in_batch.len() + 1);
+        let mut verifying = Vec::with_capacity(in_batch.len());
         let mut emitting = Vec::with_capacity(in_batch.len());
-        let mut n_logit_rows = 0;
+        row_of.push(0);
         for &k in &in_batch {
             let a = &self.active[k];
-            let verifying = a.spec.as_ref().is_some_and(|s| s.verifying);
-            row_of.push(n_logit_rows);
-            n_logit_rows += if verifying { a.rows.len() } else { 1 };
+            let tree = a.spec.as_ref().is_some_and(|s| s.verifying);
+            let n_rows = if tree { a.rows.len() } else { 1 };
+            row_of.push(row_of[row_of.len() - 1] + n_rows);
+            verifying.push(tree);
             let completes = a.pending.is_some() || a.prefilled + a.rows.len() >= a.prompt.len();
-            emitting.push(!verifying && completes);
+            emitting.push(!tree && completes);
         }
         let moments: Vec<OnceLock<sample::Moments>> =
             in_batch.iter().map(|_| OnceLock::new()).collect();
@@ -610,10 +613,8 @@ impl<'m> Scheduler<'m> {
         let mut ended: Vec<usize> = Vec::new();
         for (i, &k) in in_batch.iter().enumerate() {
             let a = &mut self.active[k];
-            let verifying = a.spec.as_ref().is_some_and(|s| s.verifying);
-            let n_rows = if verifying { a.rows.len() } else { 1 };
-            let rows = &logits[row_of[i] * vocab..(row_of[i] + n_rows) * vocab];
-            let outcome = if verifying {
+            let rows = &logits[row_of[i] * vocab..row_of[i + 1] * vocab];
+            let outcome = if verifying[i] {
                 verify_tree(a, rows, vocab, &mut self.work, tok, n_ctx, &mut stats)
             } else {
                 let decoding = a.pending.is_some();

@@ -993,18 +993,17 @@ impl Model {
             .map(|(_, r)| r.batch.tokens.len())
             .sum::<usize>()
             * c.n_head;
-        let (n_score_rows, stride) = if keep_weights {
-            (n_rows, max_slots)
+        let n_score_rows = if keep_weights {
+            n_rows
         } else {
-            (n_tasks * max_queries, max_slots)
+            n_tasks * max_queries
         };
+        let stride = max_slots;
         s.scores.resize(n_score_rows * stride, 0.0);
         let scores = SharedOut::new(&mut s.scores);
         let attn = SharedOut::new(&mut s.attn);
         let q = &s.q;
-        let blocks_ref = &blocks;
         let run = |task: usize| {
-            let blocks = blocks_ref;
             let range = (task * blocks.len() / n_tasks)..((task + 1) * blocks.len() / n_tasks);
             // The block's scores rows and output segments (at most MAX_BLOCK_QUERIES).
             let mut sc_rows: [&mut [f32]; MAX_BLOCK_QUERIES] =

@@ -283,12 +283,6 @@ impl TokenReport {
 /// # Panics
 /// If `token` is not an index of `logits` (as [`token_stats`]).
 pub fn token_report(logits: &[f32], token: u32, top_k: usize) -> TokenReport {
-    let t = token as usize;
-    assert!(
-        t < logits.len(),
-        "token_report: token {token} out of range for {} logits",
-        logits.len()
-    );
     token_report_with(logits, token, top_k, &moments(logits))
 }
 
